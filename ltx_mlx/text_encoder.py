@@ -25,7 +25,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 class PromptTokenizer:
     """The Gemma tokenizer from the Gemma folder, configured as the reference uses it."""
 
-    def __init__(self, folder: str | os.PathLike, max_length: int = MAX_LENGTH, vocab_size: int | None = None):
+    def __init__(self, folder: str | os.PathLike, max_length: int = MAX_LENGTH, gemma_config=None):
         folder = Path(folder)
         if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
             raise CheckpointError(f"{folder} has no Gemma tokenizer (tokenizer.json or tokenizer.model): download "
@@ -37,9 +37,8 @@ class PromptTokenizer:
         except Exception as e:  # transformers raises many types for unreadable tokenizer files
             reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             raise CheckpointError(f"could not load the Gemma tokenizer from {folder}: {reason}") from None
-        if vocab_size is not None and len(tok) > vocab_size:
-            raise CheckpointError(f"the tokenizer in {folder} has {len(tok)} tokens but the Gemma model only "
-                                  f"{vocab_size}: it belongs to another model; use Gemma-3's own tokenizer files")
+        if gemma_config is not None:
+            check_tokenizer_matches(tok, gemma_config, folder)
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -60,6 +59,17 @@ class PromptTokenizer:
         enc = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
                              return_tensors="np")
         return mx.array(enc["input_ids"].astype("int32")), mx.array(enc["attention_mask"].astype("int32"))
+
+
+def check_tokenizer_matches(tok, cfg, folder) -> None:
+    """A tokenizer of another model must fail loudly: it would silently turn every prompt into noise."""
+    fix = "it belongs to another model; use the tokenizer files of the Gemma-3 folder"
+    if len(tok) > cfg.vocab_size:
+        raise CheckpointError(f"the tokenizer in {folder} has {len(tok)} tokens but the Gemma model only "
+                              f"{cfg.vocab_size}: {fix}")
+    if tok.bos_token_id != cfg.bos_token_id:
+        raise CheckpointError(f"the tokenizer in {folder} has BOS id {tok.bos_token_id}, Gemma's config "
+                              f"{cfg.bos_token_id}: {fix}")
 
 
 @dataclass
@@ -87,7 +97,7 @@ class TextEncoder:
             if max_length % R:
                 raise ValueError(f"max_length {max_length} must be a multiple of the connector's {R} registers "
                                  f"(the reference uses {MAX_LENGTH})")
-        tokenizer = PromptTokenizer(gemma_folder, max_length, vocab_size=config.vocab_size)
+        tokenizer = PromptTokenizer(gemma_folder, max_length, gemma_config=config)
         return cls(load_gemma(gemma_folder, dtype=dtype), tokenizer, projection)
 
     def hidden_states(self, prompt: str) -> tuple[list[mx.array], mx.array]:
