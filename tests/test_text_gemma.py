@@ -205,8 +205,13 @@ def test_quantized_gemma_loads_and_runs(gemma_folder, tmp_path, bits):
     flat = dict(tree_flatten(q.parameters()))
     mx.save_safetensors(str(out / "model.safetensors"), {"language_model.model." + k: v for k, v in flat.items()})
     reloaded = load_gemma(out)
+    assert reloaded.layers[6].self_attn.o_proj.bits == bits
     for g, r in zip(reloaded(ids, mask), got):
         assert rel_err(g, r) == 0.0
+    del cfg["quantization"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="quantized .* but config.json has no 'quantization'"):
+        load_gemma(out)
 
 
 def test_tokenizer_left_pads_strips_and_adds_bos(gemma_folder):

@@ -71,7 +71,7 @@ class ConnectorConfig:
                    rope_type=rope, double_precision_rope=t.get("frequencies_precision", False) == "float64",
                    apply_gated_attention=bool(t.get("connector_apply_gated_attention", False)),
                    # the reference hard-wires 128; real files carry the same number in this key
-                   num_learnable_registers=int(t.get("connector_num_learnable_registers", 128)))
+                   num_learnable_registers=int(t.get("connector_num_learnable_registers") or 128))
 
     @property
     def inner_dim(self) -> int:
@@ -339,6 +339,13 @@ def read_weights(sf: SafetensorsFile, dtype: mx.Dtype | None = None) -> dict[str
     return out
 
 
+def transformer_config(sf: SafetensorsFile) -> dict:
+    transformer = sf.config().get("transformer")
+    if not transformer:
+        raise CheckpointError(f"{sf.path} has no metadata config['transformer']: not an official LTX-2/LTX-2.3 file")
+    return transformer
+
+
 def load_text_projection(path: str | os.PathLike | SafetensorsFile, dtype: mx.Dtype = mx.float32,
                          gemma_config=None) -> TextProjection:
     """Feature extractor + connectors from an official LTX-2 / LTX-2.3 checkpoint.
@@ -347,9 +354,7 @@ def load_text_projection(path: str | os.PathLike | SafetensorsFile, dtype: mx.Dt
     transformer config's `caption_channels` and the projection weight's width.
     """
     sf = path if isinstance(path, SafetensorsFile) else SafetensorsFile(path)
-    transformer = sf.config().get("transformer")
-    if not transformer:
-        raise CheckpointError(f"{sf.path} has no metadata config['transformer']: not an official LTX-2/LTX-2.3 file")
+    transformer = transformer_config(sf)
     weights = sanitize(read_weights(sf, dtype))
     version = feature_extractor_version(transformer)
     key = "feature_extractor." + ("aggregate_embed.weight" if version == 1 else "video_aggregate_embed.weight")
