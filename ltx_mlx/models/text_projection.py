@@ -156,7 +156,11 @@ def stack_features(normed: list[mx.array], valid: mx.array) -> mx.array:
 # ---------------------------------------------------------------------------------------------------- connectors
 
 def _linspace_like_torch(n: int) -> np.ndarray:
-    """torch.linspace(0, 1, n, float32) (its scalar form: the second half counts back from the end)."""
+    """torch.linspace(0, 1, n, float32) in its scalar form (the second half counts back from the end).
+
+    Torch's vectorised CPU kernel can land one ulp away on some entries, which moves the highest
+    frequencies of a float32 grid; real checkpoints ask for the float64 grid, which is exact.
+    """
     f = np.float32
     if n == 1:
         return np.zeros(1, f)
@@ -176,10 +180,7 @@ def connector_rope(cfg: ConnectorConfig, T: int) -> tuple[np.ndarray, np.ndarray
     frac = np.arange(T).astype(f32) / f32(cfg.positional_embedding_max_pos[0])
     angles = (grid[None, :] * (frac * f32(2) - f32(1))[:, None]).astype(np.float64)
     cos, sin = np.cos(angles).astype(f32), np.sin(angles).astype(f32)
-    if cfg.rope_type == "split":
-        pad = dim // 2 - n
-        cos = np.concatenate([np.ones((T, pad), f32), cos], axis=-1)
-        sin = np.concatenate([np.zeros((T, pad), f32), sin], axis=-1)
+    if cfg.rope_type == "split":  # dim // 2 frequencies exactly: no padding in 1-D
         H = cfg.num_attention_heads
         return cos.reshape(T, H, -1).transpose(1, 0, 2), sin.reshape(T, H, -1).transpose(1, 0, 2)
     cos, sin = np.repeat(cos, 2, axis=-1), np.repeat(sin, 2, axis=-1)
