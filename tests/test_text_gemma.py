@@ -98,14 +98,15 @@ def test_key_layouts_and_text_only(gemma_folder, tmp_path):
     save_file(renamed, str(new / "model.safetensors"))
     for k, v in tree_flatten(load_gemma(new).parameters()):
         np.testing.assert_array_equal(np.array(v), np.array(ref[k]), err_msg=k)
-    # text-only Gemma3ForCausalLM (model.* keys, model_type gemma3_text), one unsharded file
-    text_only = tiny_gemma("text", seed=3)
+    # text-only Gemma3ForCausalLM (model.* keys, model_type gemma3_text), one unsharded file. Its config sets a
+    # (small, so it would show) attention softcap: transformers' Gemma3Attention stores it but never applies it.
+    text_only = tiny_gemma("text", seed=3, attn_logit_softcapping=0.5)
     ours = load_gemma(save_gemma_folder(text_only, tmp_path / "text", shard=False))
     ids = mx.array([[0, 0, 2, 5, 9, 11, 7, 30, 8, 6]])
     mask = (ids != 0).astype(mx.int32)
     ref_states = hf_hidden_states(text_only, np.array(ids), np.array(mask))
     err = max(assert_parity(g, r) for g, r in zip(ours(ids, mask), ref_states))
-    print(f"text-only Gemma3ForCausalLM parity: {err:.2e}")
+    print(f"text-only Gemma3ForCausalLM parity (attn_logit_softcapping 0.5 in its config): {err:.2e}")
 
 
 def _legacy_state_dict(hf):
