@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from .perturbations import Perturbation, PerturbationType
+from .stats import block_sum, centred_std
 
 
 def _std(x: mx.array) -> mx.array:
-    # Whole-tensor unbiased std, two-pass in float32 like torch's `Tensor.std()`, rounded to x's dtype.
-    x32 = x.astype(mx.float32)
-    centred = x32 - mx.mean(x32)
-    var = mx.sum(centred * centred) / (x.size - 1)
-    return mx.sqrt(var).astype(x.dtype)
+    # Whole-tensor unbiased std in float32 like torch's `Tensor.std()`, rounded to x's dtype.
+    return centred_std(x.astype(mx.float32))[1].astype(x.dtype)
 
 
 def projection_coef(to_project: mx.array, project_onto: mx.array) -> mx.array:
@@ -28,13 +26,13 @@ def projection_coef(to_project: mx.array, project_onto: mx.array) -> mx.array:
     B = to_project.shape[0]
     a = to_project.reshape(B, -1)
     b = project_onto.reshape(B, -1)
-    coef = mx.sum(a * b, axis=1) / (mx.sum(b * b, axis=1) + 1e-8)
+    coef = block_sum(a * b, axis=1) / (block_sum(b * b, axis=1) + 1e-8)
     return coef.reshape((B,) + (1,) * (to_project.ndim - 1))
 
 
 def _clip_norm(guidance: mx.array, norm_threshold: float) -> mx.array:
     # Norm over the last three axes, as the reference does whatever the layout.
-    norm = mx.sqrt(mx.sum(guidance * guidance, axis=(-1, -2, -3), keepdims=True))
+    norm = mx.sqrt(block_sum(guidance * guidance, axis=(-1, -2, -3), keepdims=True))
     return guidance * mx.minimum(1.0, norm_threshold / norm)
 
 

@@ -10,6 +10,8 @@ from dataclasses import replace
 
 import mlx.core as mx
 
+from .stats import centred_std
+
 
 class NoiseStream:
     """Successive standard-normal draws from one seed or key, like one torch.Generator.
@@ -74,20 +76,11 @@ class GaussianNoiser:
         return replace(state, latent=add_noise(state.latent, state.denoise_mask, noise, noise_scale))
 
 
-def _centre_scale(x: mx.array, axes) -> mx.array:
-    # Unbiased std, two-pass, as torch's mean/std.
-    n = 1
-    for a in axes if axes is not None else range(x.ndim):
-        n *= x.shape[a]
-    centred = x - mx.mean(x, axis=axes, keepdims=True)
-    std = mx.sqrt(mx.sum(centred * centred, axis=axes, keepdims=True) / (n - 1))
-    return centred / std
-
-
 def standardize_noise(noise: mx.array) -> mx.array:
     """res_2s SDE noise: standardised over the whole tensor, then per sample over the last two axes.
 
     The reference does this in float64; here it is float32 (MLX has no float64 on GPU).
     """
-    x = _centre_scale(noise.astype(mx.float32), None)
-    return _centre_scale(x, (-2, -1))
+    centred, std = centred_std(noise.astype(mx.float32))
+    centred, std = centred_std(centred / std, axis=(-2, -1), keepdims=True)
+    return centred / std
