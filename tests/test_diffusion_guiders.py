@@ -253,3 +253,10 @@ def test_rescale_and_apg_at_full_latent_size():
     ref32_apg = rel_err(apg.delta(cond, neg), apg.delta(cond.double(), neg.double()))
     print(f"full size: rescale rel err {err:.2e} (vs float64 {err64:.2e}); APG vs float64 {err_apg:.2e} "
           f"(torch float32 reference vs float64: {ref32_apg:.2e})")
+
+
+def test_model_fn_output_count_is_checked():
+    fn = ours.guided_denoising_fn(lambda v, a, s, passes: [], ours.MultiModalGuiderParams(cfg_scale=3.0))
+    st = State(mx.zeros((1, 2, 3)), mx.ones((1, 2, 1)), mx.zeros((1, 2, 3)))
+    with pytest.raises(ValueError, match="one \\(x0_video, x0_audio\\) per pass"):
+        fn(st, st, [1.0, 0.0], 0)

@@ -310,3 +310,38 @@ def test_euler_loop_in_bf16_matches_reference():
     e = max(rel_err(ov.latent, ref_v.latent), rel_err(oa.latent, ref_a.latent))
     print(f"Euler loop bf16: rel err {e:.2e}")
     assert e == 0.0
+
+
+def test_loops_take_our_scheduler_output_and_check_denoiser_shapes():
+    maps = _maps(6)
+    rv, ov = _pair((24, C), 0)
+    ra, oa = _pair((10, C), 1)
+    ref_v, _ = ref_samplers.euler_denoising_loop(RefScheduler().execute(steps=8), rv, ra, EulerDiffusionStep(), ref_fake_denoiser(maps))
+    (v, _), n = _run(euler_denoising_loop(LTX2Scheduler().execute(steps=8), ov, oa, our_fake_denoiser(maps)))
+    assert n == 8
+    assert_parity(v.latent, ref_v.latent)
+    with pytest.raises(ValueError, match="video x0 of shape"):
+        _run(euler_denoising_loop([1.0, 0.0], ov, oa, lambda v, a, s, i: (v.latent[:, :3], a.latent)))
+
+
+def test_res2s_in_bf16_stays_close_to_reference():
+    # bf16 latents between evaluations, as in the pipelines; float32-vs-float64 anchors may flip a bf16 rounding.
+    sig = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES)
+    maps = _maps(7)
+    rv, ov = _pair((24, C), 0, cond_tokens=range(3), strength=1.0)
+    ra, oa = _pair((10, C), 1)
+    rv, ra = (dataclasses.replace(s, latent=s.latent.bfloat16(), clean_latent=s.clean_latent.bfloat16()) for s in (rv, ra))
+    ov, oa = (dataclasses.replace(s, latent=s.latent.astype(mx.bfloat16), clean_latent=s.clean_latent.astype(mx.bfloat16)) for s in (ov, oa))
+    shapes = [rv.latent.shape, ra.latent.shape]
+    step_raw, sub_raw = _raw_noise(shapes, 3, 300), _raw_noise(shapes, 3, 400)
+    _FixedRandn.queues = {2**64 - 1: list(step_raw), 9999: list(sub_raw)}
+    _FixedRandn.install()
+    ref_v, ref_a = ref_samplers.res2s_audio_video_denoising_loop(sig, rv, ra, Res2sDiffusionStep(), ref_fake_denoiser(maps))
+    (v, a), _ = _run(res2s_denoising_loop(sig.numpy(), ov, oa, our_fake_denoiser(maps),
+                                          step_noise=[to_mx(x) for x in step_raw], substep_noise=[to_mx(x) for x in sub_raw]))
+    assert v.latent.dtype == mx.bfloat16 and ref_v.latent.dtype == torch.bfloat16
+    ulp = 2.0**-8
+    ev, ea = rel_err(v.latent, ref_v.latent), rel_err(a.latent, ref_a.latent)
+    mism = max(float((to_np(v.latent) != to_np(ref_v.latent)).mean()), float((to_np(a.latent) != to_np(ref_a.latent)).mean()))
+    print(f"res_2s bf16: rel err video {ev:.2e} audio {ea:.2e}, fraction of differing elements {mism:.3%}")
+    assert ev <= ulp and ea <= ulp

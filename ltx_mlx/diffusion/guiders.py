@@ -280,7 +280,10 @@ def guided_denoising_fn(model_fn: ModelFn, video_guider, audio_guider=None):
         passes = guidance_passes(vg, ag, step_index)
         if not passes:
             return tuple(last)
-        outputs = dict(zip((p.name for p in passes), model_fn(video_state, audio_state, sigma, passes)))
+        results = list(model_fn(video_state, audio_state, sigma, passes))
+        if len(results) != len(passes):
+            raise ValueError(f"model_fn returned {len(results)} outputs for {len(passes)} passes; return one (x0_video, x0_audio) per pass.")
+        outputs = dict(zip((p.name for p in passes), results))
         last[:] = combine_guidance(vg, ag, outputs, step_index, last)
         return tuple(last)
 
