@@ -260,3 +260,16 @@ def test_model_fn_output_count_is_checked():
     st = State(mx.zeros((1, 2, 3)), mx.ones((1, 2, 1)), mx.zeros((1, 2, 3)))
     with pytest.raises(ValueError, match="one \\(x0_video, x0_audio\\) per pass"):
         fn(st, st, [1.0, 0.0], 0)
+
+
+def test_simple_denoising_fn_runs_only_the_positive_pass():
+    seen = []
+
+    def model_fn(v, a, sigma, passes):
+        seen.append((sigma, passes))
+        return [(v.latent * 2, a.latent * 3)]
+
+    st = State(mx.ones((1, 2, 3)), mx.ones((1, 2, 1)), mx.zeros((1, 2, 3)))
+    xv, xa = ours.simple_denoising_fn(model_fn)(st, st, [0.5, 0.25, 0.0], 1)
+    assert seen == [(0.25, [ours.GuidancePass("cond")])]
+    assert mx.array_equal(xv, st.latent * 2) and mx.array_equal(xa, st.latent * 3)

@@ -345,3 +345,11 @@ def test_res2s_in_bf16_stays_close_to_reference():
     mism = max(float((to_np(v.latent) != to_np(ref_v.latent)).mean()), float((to_np(a.latent) != to_np(ref_a.latent)).mean()))
     print(f"res_2s bf16: rel err video {ev:.2e} audio {ea:.2e}, fraction of differing elements {mism:.3%}")
     assert ev <= ulp and ea <= ulp
+
+
+def test_noise_source_errors():
+    _, ov = _pair((24, C), 0)
+    with pytest.raises(ValueError, match="list of arrays"):
+        GaussianNoiser(mx.zeros((1, 24, C)))(ov)
+    with pytest.raises(ValueError, match="ran out"):
+        GaussianNoiser([])(ov)

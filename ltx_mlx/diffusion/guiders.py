@@ -202,8 +202,10 @@ def as_guider_factory(guider) -> MultiModalGuiderFactory:
 class GuidancePass:
     """One transformer forward pass of a guided step.
 
-    `negative`: use the negative prompt contexts. `perturbations`: attention to skip. A modality that is
-    not `enabled` is passed through the blocks unchanged (its guider skips this step).
+    `negative`: use the negative prompt contexts for both modalities (the reference falls back to the
+    positive context of a modality that has none). `perturbations`: attention to skip. A modality that
+    is not `enabled` is passed through the blocks unchanged (its guider skips this step); passes may be
+    batched by `model_fn` only where that gives the same result as running them separately.
     """
 
     name: str
@@ -267,8 +269,10 @@ ModelFn = Callable  # (video_state, audio_state, sigma: float, passes: list[Guid
 def guided_denoising_fn(model_fn: ModelFn, video_guider, audio_guider=None):
     """A denoise function for the samplers that runs the needed passes and applies multi-modal guidance.
 
-    Guiders may be params, guiders or sigma-binned factories (picked by the sigma being evaluated);
-    `audio_guider=None` reuses the video one. Skipped steps reuse the previous guided x0.
+    Guiders may be params, guiders or sigma-binned factories; `audio_guider=None` reuses the video one.
+    Skipped steps reuse the previous guided x0. A factory's bin is chosen by the sigma being evaluated
+    (the reference caches the first call's schedule, so its res_2s midpoint calls would bin by sigmas[0];
+    identical for the constant factories every pipeline uses).
     """
     video_factory = as_guider_factory(video_guider)
     audio_factory = as_guider_factory(audio_guider if audio_guider is not None else video_guider)
@@ -282,7 +286,10 @@ def guided_denoising_fn(model_fn: ModelFn, video_guider, audio_guider=None):
             return tuple(last)
         results = list(model_fn(video_state, audio_state, sigma, passes))
         if len(results) != len(passes):
-            raise ValueError(f"model_fn returned {len(results)} outputs for {len(passes)} passes; return one (x0_video, x0_audio) per pass.")
+            raise ValueError(
+                f"model_fn returned {len(results)} outputs for {len(passes)} passes; "
+                "return one (x0_video, x0_audio) per pass."
+            )
         outputs = dict(zip((p.name for p in passes), results))
         last[:] = combine_guidance(vg, ag, outputs, step_index, last)
         return tuple(last)

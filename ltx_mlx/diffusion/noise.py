@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import mlx.core as mx
+import numpy as np
 
 from .stats import centred_std
 
@@ -35,9 +36,9 @@ def as_noise_source(source) -> Callable:
     sequence of arrays consumed in order."""
     if callable(source):
         return source
-    if isinstance(source, int) or (isinstance(source, mx.array) and source.dtype == mx.uint32):
+    if isinstance(source, (int, np.integer)) or (isinstance(source, mx.array) and source.dtype == mx.uint32):
         return NoiseStream(source)
-    if isinstance(source, Iterable):
+    if isinstance(source, Iterable) and not isinstance(source, (mx.array, np.ndarray, str)):
         items = iter(source)
 
         def take(shape, dtype=mx.float32):
@@ -50,7 +51,10 @@ def as_noise_source(source) -> Callable:
             return mx.array(noise).astype(dtype)
 
         return take
-    raise ValueError(f"Noise source must be a seed, an MLX key, a callable or a sequence of arrays, got {type(source).__name__}.")
+    raise ValueError(
+        f"Noise source must be a seed, an MLX key, a callable or a list of arrays (one per draw), "
+        f"got {type(source).__name__}."
+    )
 
 
 def add_noise(latent: mx.array, denoise_mask: mx.array, noise: mx.array, noise_scale: float = 1.0) -> mx.array:
