@@ -7,6 +7,7 @@ patchify/output projections, the per-head gate logits, VAEs, vocoders and upsamp
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -31,8 +32,10 @@ class QuantizationPlan:
             raise ValueError(f"quantization mode {self.mode!r} is not one of {MODES}")
         if self.mode == "affine" and self.bits not in (2, 3, 4, 5, 6, 8):
             raise ValueError(f"--q-bits {self.bits} is not supported; use 4 or 8 (or 2, 3, 5, 6)")
-        if self.group_size not in (32, 64, 128):
-            raise ValueError(f"--q-group-size {self.group_size} is not supported; use 32, 64 or 128")
+        allowed = {"affine": (32, 64, 128), "mxfp4": (32,), "mxfp8": (32,), "nvfp4": (16,)}[self.mode]
+        if self.group_size not in allowed:
+            raise ValueError(f"--q-group-size {self.group_size} is not supported with mode {self.mode}; "
+                             f"use {' or '.join(map(str, allowed))}")
 
     def as_config(self) -> dict:
         """The `quantization` entry of a converted folder's config.json."""
@@ -54,9 +57,10 @@ def decoder_layer_linears(path: str, module: nn.Module) -> bool:
 
 
 def quantize_model(model: nn.Module, plan: QuantizationPlan, select=transformer_block_linears) -> QuantizationPlan:
-    """Quantize `model` in place where `select(path, module)` holds and the shapes allow; returns the plan
-    with per-layer overrides (mixed precision, and layers left unquantized because of their shape)."""
+    """Quantize `model` in place where `select(path, module)` holds and the shapes allow; returns a copy of
+    the plan with per-layer overrides (mixed precision, and layers left unquantized because of their shape)."""
     plan.validate()
+    plan = dataclasses.replace(plan, overrides=dict(plan.overrides))
     num_blocks = 1 + max((int(m.group(1)) for p, _ in model.named_modules() if (m := _BLOCK.match(p + "."))),
                          default=-1)
     chosen = {}

@@ -75,3 +75,12 @@ def test_bad_settings():
         quantize_model(Toy(), QuantizationPlan(bits=7))
     with pytest.raises(ValueError, match="group-size"):
         quantize_model(Toy(), QuantizationPlan(bits=4, group_size=48))
+    with pytest.raises(ValueError, match="use 16"):
+        quantize_model(Toy(), QuantizationPlan(bits=4, group_size=32, mode="nvfp4"))
+
+
+def test_plan_is_not_mutated():
+    plan = QuantizationPlan(bits=4, group_size=32, high_bits=8, edge_blocks=1)
+    first = quantize_model(Toy(), plan)
+    assert plan.overrides == {} and first.overrides
+    assert quantize_model(Toy(), plan).overrides == first.overrides
