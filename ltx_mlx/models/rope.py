@@ -24,12 +24,13 @@ def frequency_grid(theta: float, n_axes: int, dim: int, double_precision: bool) 
     if double_precision:
         grid = np.power(theta, np.linspace(0.0, 1.0, F, dtype=np.float64)) * math.pi / 2
         return mx.array(grid.astype(np.float32))
-    # float32 throughout, with linspace evaluated from both ends as torch does
+    # float32 grid as torch builds it: linspace from both ends (float32 step, products rounded once), then
+    # θ^t and ·π/2 in float32. torch's own pow is within an ulp of this, varying with the CPU's vector units.
     step = np.float32(1.0) / np.float32(max(F - 1, 1))
     k = np.arange(F)
-    t = np.where(k < F // 2, k.astype(np.float32) * step, np.float32(1.0) - (F - 1 - k).astype(np.float32) * step)
-    grid = mx.power(mx.array(np.float32(theta)), mx.array(t.astype(np.float32)))
-    return grid * math.pi / 2
+    t = np.where(k < F // 2, k * np.float64(step), 1.0 - (F - 1 - k) * np.float64(step)).astype(np.float32)
+    power = np.power(np.float64(np.float32(theta)), t.astype(np.float64)).astype(np.float32)
+    return mx.array(power) * math.pi / 2
 
 
 def _round_to(x: mx.array, dtype: mx.Dtype) -> mx.array:
