@@ -1,0 +1,131 @@
+"""Prompts -> the video and audio contexts the LTX transformer consumes.
+
+prompt -> Gemma tokenizer (left padding to 1024) -> Gemma-3 (every hidden state) -> feature extractor
+-> video / audio embeddings connectors. Gemma can be freed as soon as the prompts are encoded.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from .checkpoint import CheckpointError
+from .models.gemma3 import Gemma3TextModel, load_gemma
+from .models.text_projection import TextProjection, load_text_projection
+
+MAX_LENGTH = 1024  # the reference tokenizes every prompt to exactly this many tokens
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+class PromptTokenizer:
+    """The Gemma tokenizer from the Gemma folder, configured as the reference uses it."""
+
+    def __init__(self, folder: str | os.PathLike, max_length: int = MAX_LENGTH, vocab_size: int | None = None):
+        folder = Path(folder)
+        if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+            raise CheckpointError(f"{folder} has no Gemma tokenizer (tokenizer.json or tokenizer.model): download "
+                                  "the tokenizer files of google/gemma-3-12b-it-qat-q4_0-unquantized into it")
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=max_length)
+        except Exception as e:  # transformers raises many types for unreadable tokenizer files
+            reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise CheckpointError(f"could not load the Gemma tokenizer from {folder}: {reason}") from None
+        if vocab_size is not None and len(tok) > vocab_size:
+            raise CheckpointError(f"the tokenizer in {folder} has {len(tok)} tokens but the Gemma model only "
+                                  f"{vocab_size}: it belongs to another model; use Gemma-3's own tokenizer files")
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        if tok.pad_token is None:
+            raise CheckpointError(f"the tokenizer in {folder} defines neither a pad nor an EOS token")
+        self.tokenizer = tok
+        self.max_length = max_length
+
+    def __call__(self, prompts: str | list[str]) -> tuple[mx.array, mx.array]:
+        """(input_ids, attention_mask), both `(B, max_length)` int32, left-padded; BOS as the tokenizer adds it."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        texts = [p.strip() for p in prompts]
+        for text in texts:
+            n = len(self.tokenizer(text, verbose=False)["input_ids"])
+            if n > self.max_length:
+                warnings.warn(f"prompt is {n} tokens long; only the first {self.max_length} are used "
+                              f"(it begins {text[:60]!r})", stacklevel=2)
+        enc = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
+                             return_tensors="np")
+        return mx.array(enc["input_ids"].astype("int32")), mx.array(enc["attention_mask"].astype("int32"))
+
+
+@dataclass
+class TextContext:
+    """What the transformer consumes for one prompt (the reference's EmbeddingsProcessorOutput)."""
+
+    video: mx.array  # (1, T, video context dim)
+    audio: mx.array  # (1, T, audio context dim)
+    mask: mx.array  # (1, T), all ones: registers fill the pads, so the transformer sees no mask
+
+
+class TextEncoder:
+    """Gemma-3 + tokenizer + the LTX text projection (feature extractor and connectors)."""
+
+    def __init__(self, gemma: Gemma3TextModel, tokenizer: PromptTokenizer, projection: TextProjection):
+        self.gemma, self.tokenizer, self.projection = gemma, tokenizer, projection
+
+    @classmethod
+    def load(cls, gemma_folder, checkpoint, dtype=mx.bfloat16, max_length: int = MAX_LENGTH) -> "TextEncoder":
+        """Gemma from its Hugging Face folder, the projection from the official LTX checkpoint (path or file)."""
+        gemma = load_gemma(gemma_folder, dtype=dtype)
+        tokenizer = PromptTokenizer(gemma_folder, max_length, vocab_size=gemma.config.vocab_size)
+        projection = load_text_projection(checkpoint, dtype=dtype, gemma_config=gemma.config)
+        return cls(gemma, tokenizer, projection)
+
+    def hidden_states(self, prompt: str) -> tuple[list[mx.array], mx.array]:
+        if self.gemma is None:
+            raise RuntimeError("Gemma was freed (free_gemma); load the text encoder again to encode more prompts")
+        ids, mask = self.tokenizer(prompt)
+        states = self.gemma(ids, mask, eval_each_layer=True)
+        mx.eval(states)
+        return states, mask
+
+    def encode(self, prompts: list[str]) -> list[TextContext]:
+        """One context per prompt. Gemma runs one prompt at a time (as the reference does), then the projection."""
+        raw = [self.hidden_states(p) for p in prompts]
+        out = []
+        for states, mask in raw:
+            video, audio, ones = self.projection(states, mask)
+            mx.eval(video, audio, ones)
+            out.append(TextContext(video, audio, ones))
+        return out
+
+    def free_gemma(self):
+        self.gemma = None
+        gc.collect()
+        mx.clear_cache()
+
+
+def encode_prompts(prompt: str, negative_prompt: str | None, *, gemma_folder=None, checkpoint=None,
+                   encoder: TextEncoder | None = None, dtype=mx.bfloat16, max_length: int = MAX_LENGTH,
+                   free_gemma: bool = True) -> tuple[TextContext, TextContext | None]:
+    """Encode the positive (and optional negative) prompt for one generation.
+
+    An empty positive prompt is an error; an empty negative prompt is allowed, as in the reference
+    (`retake` defaults to ""), and encodes to the BOS token alone. With `free_gemma`, Gemma's weights are
+    released once both prompts are encoded (the projection is small and stays).
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty: describe the video to generate (e.g. --prompt \"a cat on a beach\")")
+    if encoder is None:
+        if gemma_folder is None or checkpoint is None:
+            raise ValueError("encode_prompts needs either `encoder` or both `gemma_folder` and `checkpoint`")
+        encoder = TextEncoder.load(gemma_folder, checkpoint, dtype=dtype, max_length=max_length)
+    prompts = [prompt] if negative_prompt is None else [prompt, negative_prompt]
+    contexts = encoder.encode(prompts)
+    if free_gemma:
+        encoder.free_gemma()
+    return contexts[0], (contexts[1] if negative_prompt is not None else None)
