@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .checkpoint import CheckpointError
-from .models.gemma3 import Gemma3TextModel, load_gemma
+from .models.gemma3 import Gemma3TextModel, load_gemma, read_gemma_config
 from .models.text_projection import TextProjection, load_text_projection
 
 MAX_LENGTH = 1024  # the reference tokenizes every prompt to exactly this many tokens
@@ -80,10 +80,15 @@ class TextEncoder:
     @classmethod
     def load(cls, gemma_folder, checkpoint, dtype=mx.bfloat16, max_length: int = MAX_LENGTH) -> "TextEncoder":
         """Gemma from its Hugging Face folder, the projection from the official LTX checkpoint (path or file)."""
-        gemma = load_gemma(gemma_folder, dtype=dtype)
-        tokenizer = PromptTokenizer(gemma_folder, max_length, vocab_size=gemma.config.vocab_size)
-        projection = load_text_projection(checkpoint, dtype=dtype, gemma_config=gemma.config)
-        return cls(gemma, tokenizer, projection)
+        config = read_gemma_config(gemma_folder)
+        projection = load_text_projection(checkpoint, dtype=dtype, gemma_config=config)
+        for connector in (projection.video_connector, projection.audio_connector):
+            R = connector.learnable_registers.shape[0]
+            if max_length % R:
+                raise ValueError(f"max_length {max_length} must be a multiple of the connector's {R} registers "
+                                 f"(the reference uses {MAX_LENGTH})")
+        tokenizer = PromptTokenizer(gemma_folder, max_length, vocab_size=config.vocab_size)
+        return cls(load_gemma(gemma_folder, dtype=dtype), tokenizer, projection)
 
     def hidden_states(self, prompt: str) -> tuple[list[mx.array], mx.array]:
         if self.gemma is None:

@@ -323,11 +323,19 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     return dict(weights)
 
 
-def read_weights(sf: SafetensorsFile, dtype: mx.Dtype | None = None) -> dict[str, mx.array]:
-    """The official keys of the text projection under our module names (feature_extractor., *_connector.)."""
-    out = {}
+def route_key(key: str) -> str | None:
+    """Our name for an official checkpoint key of the text projection; None for every other key."""
     for ours, prefix in PREFIXES.items():
-        out.update({ours + k: v for k, v in read_prefixed(sf, prefix, dtype).items()})
+        if key.startswith(prefix):
+            return ours + key[len(prefix):]
+    return None
+
+
+def read_weights(sf: SafetensorsFile, dtype: mx.Dtype | None = None) -> dict[str, mx.array]:
+    """The text projection's tensors of an official file, under our module names (feature_extractor., *_connector.)."""
+    out = {}
+    for prefix in PREFIXES.values():
+        out.update({route_key(prefix + k): v for k, v in read_prefixed(sf, prefix, dtype).items()})
     return out
 
 
