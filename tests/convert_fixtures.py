@@ -36,9 +36,9 @@ VERSIONS = {"2": "2.0.0", "2.3": "2.3.0"}
 def transformer_config(version: str) -> dict:
     t = tiny_config(version)
     t.update(connector_num_layers=1, connector_positional_embedding_max_pos=[4096],
-             connector_num_learnable_registers=128)
+             connector_num_learnable_registers=128, caption_channels=GEMMA_HIDDEN)  # as real files: Gemma's width
     if version == "2":  # V1 text path: Gemma-wide connectors, caption projection inside the transformer
-        t.update(caption_channels=GEMMA_HIDDEN, connector_num_attention_heads=2,
+        t.update(connector_num_attention_heads=2,
                  connector_attention_head_dim=GEMMA_HIDDEN // 2)
     else:  # V2: connectors as wide as the video / audio streams, gated
         t.update(connector_num_attention_heads=t["num_attention_heads"],
