@@ -33,8 +33,11 @@ GEMMA_STATES = TINY_TEXT["num_hidden_layers"] + 1
 VERSIONS = {"2": "2.0.0", "2.3": "2.3.0"}
 
 
-def transformer_config(version: str) -> dict:
+def transformer_config(version: str, **overrides) -> dict:
     t = tiny_config(version)
+    t.update(overrides)
+    t["cross_attention_dim"] = t["num_attention_heads"] * t["attention_head_dim"]
+    t["audio_cross_attention_dim"] = t["audio_num_attention_heads"] * t["audio_attention_head_dim"]
     t.update(connector_num_layers=1, connector_positional_embedding_max_pos=[4096],
              connector_num_learnable_registers=128, caption_channels=GEMMA_HIDDEN)  # as real files: Gemma's width
     if version == "2":  # V1 text path: Gemma-wide connectors, caption projection inside the transformer
@@ -74,9 +77,9 @@ def vae_tensors(prefix: str, enc, dec) -> dict:
     return out
 
 
-def official_tensors(version: str, seed: int = 0) -> tuple[dict, dict]:
+def official_tensors(version: str, seed: int = 0, **transformer_overrides) -> tuple[dict, dict]:
     """(tensors, metadata config) of a complete tiny official checkpoint."""
-    t = transformer_config(version)
+    t = transformer_config(version, **transformer_overrides)
     video = vae_config(version)
     audio = audio_cfg()
     vocoder = copy.deepcopy(HIFIGAN if version == "2" else BIGVGAN_BWE)
@@ -93,9 +96,10 @@ def official_tensors(version: str, seed: int = 0) -> tuple[dict, dict]:
     return tensors, config
 
 
-def write_official(tmp_path, version: str, seed: int = 0, name: str | None = None, transform=None):
+def write_official(tmp_path, version: str, seed: int = 0, name: str | None = None, transform=None,
+                   **transformer_overrides):
     """A complete tiny official checkpoint + Gemma folder; `transform(tensors)` may edit the tensors first."""
-    tensors, config = official_tensors(version, seed)
+    tensors, config = official_tensors(version, seed, **transformer_overrides)
     if transform is not None:
         tensors = transform(tensors)
     ckpt = tmp_path / (name or f"ltx-{version}-tiny.safetensors")
@@ -106,12 +110,12 @@ def write_official(tmp_path, version: str, seed: int = 0, name: str | None = Non
     return ckpt, gemma, config
 
 
-def write_lora(path, tensors: dict, modules: list[str], rank: int, seed: int, metadata: dict | None = None):
-    """A LoRA in the official naming for `modules` of the official `tensors` (transformer keys)."""
+def write_lora(path, shapes: dict, modules: list[str], rank: int, seed: int, metadata: dict | None = None):
+    """A LoRA in the official naming for `modules`, shaped as `shapes[module]` = (out, in)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for m in modules:
-        o, i = tensors["model.diffusion_model." + m + ".weight"].shape
+        o, i = shapes[m]
         out[f"diffusion_model.{m}.lora_A.weight"] = torch.randn(rank, i, generator=g) * 0.2
         out[f"diffusion_model.{m}.lora_B.weight"] = torch.randn(o, rank, generator=g) * 0.2
     save_file(out, str(path), metadata=metadata or {})
