@@ -13,6 +13,7 @@ import gc
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -123,7 +124,8 @@ class LTXModelBundle:
                 raise ValueError(f"LoRAs apply to the transformer only, not to the {name}")
             unmatched = fuse_into(weights, loras, qconfig)
             if unmatched:
-                print(f"ltx-mlx: {len(unmatched)} LoRA modules match no transformer weight (first: {unmatched[0]})")
+                warnings.warn(f"{len(unmatched)} LoRA modules match no transformer weight and are ignored "
+                              f"(first: {unmatched[0]})", stacklevel=2)
         load_strict(model, weights, f"{name} ({self.folder})")
         model.eval()
         mx.eval(model.parameters())
