@@ -156,25 +156,39 @@ def _lora_subset(loras: list[LoRA], module: str) -> list[LoRA]:
     return [LoRA(lr.path, lr.strength, {module: lr.pairs[module]}) for lr in loras if module in lr.pairs]
 
 
-def converted_tensors(job: Job, dtype: mx.Dtype, placeholders: bool = False,
-                      bar: tqdm | None = None) -> Iterator[tuple[str, mx.array]]:
-    """The component's tensors in our layout, one source tensor at a time (evaluated unless placeholders)."""
+def _fused(job: Job, ref_key: str, value: mx.array) -> mx.array:
+    hits = _lora_subset(job.loras, ref_key[: -len(".weight")]) if ref_key.endswith(".weight") else []
+    if not hits:
+        return value
+    one = {ref_key: value}
+    fuse_loras(one, hits)
+    return one[ref_key]
+
+
+def converted_tensors(job: Job, dtype: mx.Dtype, placeholders: bool = False) -> Iterator[tuple[str, mx.array]]:
+    """The component's tensors in our layout, one source tensor at a time: read (or a shape-only placeholder),
+    fuse LoRAs, sanitize, quantize. Source keys are reference names, so LoRAs fuse before any renaming."""
     for source in job.sources:
         for key, ref_key in source.keys:
-            if bar is not None:
-                bar.update(source.sf.nbytes(key))
-            value = _placeholder(source.sf, key, dtype) if placeholders else official_tensor(source.sf, key, dtype)
-            if job.loras and ref_key.endswith(".weight") and not placeholders:
-                hits = _lora_subset(job.loras, ref_key[: -len(".weight")])
-                if hits:
-                    one = {ref_key: value}
-                    fuse_loras(one, hits)
-                    value = one[ref_key]
+            if placeholders:
+                value = _placeholder(source.sf, key, dtype)
+            else:
+                value = _fused(job, ref_key, official_tensor(source.sf, key, dtype))
             for name, v in job.component.sanitize({ref_key: value}).items():
-                for out_name, out in _quantize_tensor(name, v, job.quantized):
-                    if not placeholders:
-                        mx.eval(out)
-                    yield out_name, out
+                yield from _quantize_tensor(name, v, job.quantized)
+
+
+def _stream(job: Job, dtype: mx.Dtype, bar: tqdm, shard_bytes: int) -> Iterator[tuple[str, mx.array]]:
+    """Evaluated tensors for `write_component`; the freed buffers of each written shard go back to the system."""
+    pending = 0
+    for name, value in converted_tensors(job, dtype):
+        mx.eval(value)
+        yield name, value
+        bar.update(value.nbytes)
+        pending += value.nbytes
+        if pending > shard_bytes:  # write_component has just flushed a shard
+            mx.clear_cache()
+            pending = 0
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -375,11 +389,12 @@ def convert(checkpoint_path: str, mlx_path: str, gemma_root: str | None = None,
               f"(first: {unmatched[0]})")
 
     with atomic_output_dir(out, force=opts.force) as tmp:
-        bar = tqdm(total=sum(sum(s.sf.nbytes(k) for s in j.sources for k, _ in s.keys) for j in jobs),
-                   unit="B", unit_scale=True, disable=not opts.progress, desc="converting")
+        bar = tqdm(total=sum(j.out_bytes for j in jobs), unit="B", unit_scale=True, disable=not opts.progress,
+                   desc="converting")
         for job in jobs:
             bar.set_postfix_str(job.component.name)
-            write_component(tmp / job.entry["folder"], converted_tensors(job, dtype, bar=bar), opts.max_shard_bytes)
+            write_component(tmp / job.entry["folder"], _stream(job, dtype, bar, opts.max_shard_bytes),
+                            opts.max_shard_bytes)
             job.model = None  # the lazy model graph is no longer needed
         bar.close()
         if gemma_job:
