@@ -11,8 +11,9 @@ from ltx_core.text_encoders.gemma.encoders.base_encoder import GemmaTextEncoder
 from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV1, FeatureExtractorV2
 from ltx_core.text_encoders.gemma.tokenizer import LTXVGemmaTokenizer
 
+from ltx_mlx.models.text_projection import TextProjection
 from ltx_mlx.text_encoder import TextEncoder, encode_prompts
-from reference import assert_parity, randomize_, save_official_checkpoint
+from reference import assert_parity, randomize_, rel_err, save_official_checkpoint
 from text_fixtures import TINY_TEXT, save_gemma_folder, tiny_gemma
 
 HIDDEN, STATES, MAX_LEN = TINY_TEXT["hidden_size"], TINY_TEXT["num_hidden_layers"] + 1, 128
@@ -76,8 +77,9 @@ def reference_contexts(setup, version, prompt):
 @pytest.mark.parametrize("version", [1, 2])
 def test_prompts_to_contexts_match_reference(setup, version):
     encoder = TextEncoder.load(setup["folder"], setup[version][1], dtype=mx.float32, max_length=MAX_LEN)
+    assert not isinstance(encoder._projection, TextProjection)  # read only once Gemma is done
     pos, neg = encode_prompts(PROMPT, "", encoder=encoder, free_gemma=True)
-    assert encoder.gemma is None  # freed
+    assert encoder.gemma is None and isinstance(encoder._projection, TextProjection)
     errs = []
     for ours, prompt in ((pos, PROMPT), (neg, "")):
         ref = reference_contexts(setup, version, prompt)
@@ -102,3 +104,9 @@ def test_prompt_errors(setup):
         TextEncoder.load(setup["folder"], setup[2][1], dtype=mx.float32, max_length=100)
     pos, neg = encode_prompts("a cat", None, encoder=encoder, free_gemma=False)
     assert neg is None and encoder.gemma is not None
+    with pytest.raises(ValueError, match="negative_prompt must be a string"):
+        encode_prompts("a cat", 3, encoder=encoder)
+    # the one-call form (loads and releases everything itself) gives the same contexts
+    pos2, _ = encode_prompts("a cat", "", gemma_folder=setup["folder"], checkpoint=setup[2][1], dtype=mx.float32,
+                             max_length=MAX_LEN)
+    assert rel_err(pos2.video, pos.video) == 0.0 and rel_err(pos2.audio, pos.audio) == 0.0

@@ -65,6 +65,26 @@ def test_embedding_scale_is_rounded_to_the_weight_dtype():
         assert float(hf(torch.tensor([1]))[0, 0] * torch.tensor(3840 ** 0.5).to(torch.bfloat16)) == 62.0
 
 
+def test_bfloat16_runs_in_bfloat16_like_transformers(tmp_path):
+    # hidden 48: sqrt(48) = 6.928 is not a bf16 number, so state 0 shows the scale rounding
+    hf = tiny_gemma("multimodal", seed=4, hidden_size=48)
+    folder = save_gemma_folder(hf, tmp_path / "g48")
+    ids, mask = PromptTokenizer(folder, MAX_LEN)(PROMPTS)
+    ref32 = hf_hidden_states(hf, np.array(ids), np.array(mask))
+    ref16 = hf_hidden_states(hf.to(torch.bfloat16), np.array(ids), np.array(mask))
+    got = load_gemma(folder, dtype=mx.bfloat16)(ids, mask)
+    assert all(s.dtype == mx.bfloat16 for s in got)
+    np.testing.assert_array_equal(to_np(got[0]), to_np(ref16[0]))
+    valid = np.array(mask).astype(bool)
+    worst = [0.0, 0.0]
+    for g, r16, r32 in zip(got, ref16, ref32):
+        ours, theirs = (float(np.abs(to_np(x)[valid] - to_np(r32)[valid]).max() / np.abs(to_np(r32)[valid]).max())
+                        for x in (g, r16))
+        assert ours <= 2 * theirs + 2e-3
+        worst = [max(worst[0], ours), max(worst[1], theirs)]
+    print(f"bf16 vs fp32 transformers, worst state: ours {worst[0]:.2e}, transformers' own bf16 {worst[1]:.2e}")
+
+
 def test_key_layouts_and_text_only(gemma_folder, tmp_path):
     hf, folder = gemma_folder
     ref = dict(tree_flatten(load_gemma(folder).parameters()))
@@ -78,14 +98,15 @@ def test_key_layouts_and_text_only(gemma_folder, tmp_path):
     save_file(renamed, str(new / "model.safetensors"))
     for k, v in tree_flatten(load_gemma(new).parameters()):
         np.testing.assert_array_equal(np.array(v), np.array(ref[k]), err_msg=k)
-    # text-only Gemma3ForCausalLM (model.* keys, model_type gemma3_text), one unsharded file
-    text_only = tiny_gemma("text", seed=3)
+    # text-only Gemma3ForCausalLM (model.* keys, model_type gemma3_text), one unsharded file. Its config sets a
+    # (small, so it would show) attention softcap: transformers' Gemma3Attention stores it but never applies it.
+    text_only = tiny_gemma("text", seed=3, attn_logit_softcapping=0.5)
     ours = load_gemma(save_gemma_folder(text_only, tmp_path / "text", shard=False))
     ids = mx.array([[0, 0, 2, 5, 9, 11, 7, 30, 8, 6]])
     mask = (ids != 0).astype(mx.int32)
     ref_states = hf_hidden_states(text_only, np.array(ids), np.array(mask))
     err = max(assert_parity(g, r) for g, r in zip(ours(ids, mask), ref_states))
-    print(f"text-only Gemma3ForCausalLM parity: {err:.2e}")
+    print(f"text-only Gemma3ForCausalLM parity (attn_logit_softcapping 0.5 in its config): {err:.2e}")
 
 
 def _legacy_state_dict(hf):
@@ -185,8 +206,13 @@ def test_quantized_gemma_loads_and_runs(gemma_folder, tmp_path, bits):
     flat = dict(tree_flatten(q.parameters()))
     mx.save_safetensors(str(out / "model.safetensors"), {"language_model.model." + k: v for k, v in flat.items()})
     reloaded = load_gemma(out)
+    assert reloaded.layers[6].self_attn.o_proj.bits == bits
     for g, r in zip(reloaded(ids, mask), got):
         assert rel_err(g, r) == 0.0
+    del cfg["quantization"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="quantized .* but config.json has no 'quantization'"):
+        load_gemma(out)
 
 
 def test_tokenizer_left_pads_strips_and_adds_bos(gemma_folder):
@@ -248,9 +274,17 @@ def test_missing_or_wrong_tokenizer(gemma_folder, tmp_path):
     from tokenizers import Tokenizer, models
     Tokenizer(models.WordLevel({f"t{i}": i for i in range(400)}, unk_token="t0")).save(str(big / "tokenizer.json"))
     (big / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
-                                                           "eos_token": "t1"}))
-    with pytest.raises(CheckpointError, match="belongs to another model"):
-        PromptTokenizer(big, vocab_size=300)
+                                                           "bos_token": "t2", "eos_token": "t1"}))
+    gemma_cfg = read_gemma_config(folder)
+    with pytest.raises(CheckpointError, match="400 tokens but the Gemma model only 300: it belongs to another"):
+        PromptTokenizer(big, gemma_config=gemma_cfg)
+    (big / "tokenizer.json").unlink()
+    Tokenizer(models.WordLevel({f"t{i}": i for i in range(200)}, unk_token="t0")).save(str(big / "tokenizer.json"))
+    (big / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                           "bos_token": "t7", "eos_token": "t1"}))
+    with pytest.raises(CheckpointError, match="BOS id 7, Gemma's config 2: it belongs to another model"):
+        PromptTokenizer(big, gemma_config=gemma_cfg)
+    assert PromptTokenizer(folder, gemma_config=gemma_cfg).max_length == 1024
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "tokenizer.json").write_text("{not json")

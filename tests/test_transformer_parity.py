@@ -18,6 +18,7 @@ from ltx_core.types import AudioLatentShape, VideoLatentShape
 
 from dit_reference import (build_reference, fake_side_tensors, pinned_timestep_embedding, ref_perturbations,
                            save_reference, tiny_config, to_ours)
+from ltx_mlx.models import transformer
 from ltx_mlx.models.transformer import Perturbation, Perturbations, Skip, X0Model, load_transformer
 from reference import assert_parity
 
@@ -149,6 +150,16 @@ def test_parity_batch_with_per_sample_perturbations(models):
     # all samples perturbed: the attention is skipped, not blended
     both = [per_sample[1], per_sample[1]]
     compare(f"{version} batch2 all-perturbed", *run_both(ref, ours, video, audio, both))
+
+
+def test_parity_with_heads_split_over_cpu_streams(models, monkeypatch):
+    """Large attentions run as two head halves on two CPU streams; force that path at tiny size."""
+    monkeypatch.setattr(transformer, "_PARALLEL_MIN_SCORES", 0)
+    version, cfg, ref, ours = models
+    video, audio, g = make_inputs(cfg, batch=2, seed=5)
+    video, audio = conditioned(video, audio, g, hw=6)
+    per_sample = [[Perturbation(Skip.AUDIO_SELF_ATTN, (1,))], []]
+    compare(f"{version} cpu streams", *run_both(ref, ours, video, audio, per_sample))
 
 
 def test_parity_single_modality(models):

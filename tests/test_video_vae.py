@@ -10,6 +10,7 @@ from ltx_core.model.video_vae import decode_video as ref_decode_video
 from reference import assert_parity, randomize_, save_official_checkpoint, to_mx, to_np
 
 from ltx_mlx.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
+from ltx_mlx.models import video_vae
 from ltx_mlx.models.video_vae import (VideoDecoder, VideoEncoder, VideoVAEConfig, decode_video, load_video_decoder,
                                       load_video_encoder, sanitize)
 
@@ -131,7 +132,7 @@ def test_decoder_parity(tmp_path, variant):
         with torch.no_grad():
             for k, p in dec.named_parameters():
                 if "per_channel_scale" in k:
-                    p.copy_(torch.randn(p.shape) * 0.5)
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.5)
     path = save_vae(tmp_path / "vae.safetensors", config, enc, dec)
     ours = load_video_decoder(path)
     z = torch.randn(1, 8, 3, 2, 3, generator=torch.Generator().manual_seed(2))
@@ -177,6 +178,32 @@ def test_unused_statistics_are_dropped_and_file_is_shared(tmp_path):
     save_official_checkpoint(tmp_path / "x.safetensors", tensors, config)
     with pytest.raises(CheckpointError, match="std-of-stds"):
         load_video_decoder(tmp_path / "x.safetensors")
+
+
+# The block types real files do not use but the reference builds: res_x_y (shortcut), plain strided compress_*,
+# compress_all_x_y, a residual compress_all with multiplier 1, group_norm and per-channel log-variance.
+OTHER_BLOCKS = dict(
+    latent_channels=32, decoder_base_channels=8, norm_layer="group_norm", latent_log_var="per_channel",
+    encoder_blocks=[["res_x_y", {"multiplier": 2}], ["compress_time", {}], ["compress_space", {}],
+                    ["compress_all", {}], ["compress_all_x_y", {"multiplier": 2}], ["res_x", 1]],
+    decoder_blocks=[["res_x", 1], ["compress_all", {"residual": True, "multiplier": 1}], ["compress_time", {}],
+                    ["compress_space", {}], ["res_x_y", {"multiplier": 2}], ["compress_all", {}]])
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_other_block_types_and_frame_chunked_convs(tmp_path, monkeypatch, chunk_bytes):
+    if chunk_bytes:  # every convolution then runs one output frame at a time
+        monkeypatch.setattr(video_vae, "CONV_CHUNK_BYTES", chunk_bytes)
+    config = vae_config("2.3", **OTHER_BLOCKS)
+    enc, dec = build_reference(config, seed=21)
+    path = save_vae(tmp_path / "vae.safetensors", config, enc, dec)
+    x = torch.rand(1, 3, 17, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    z = torch.randn(1, 32, 3, 2, 2, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref_z, ref_x = enc(x), dec(z)
+    e1 = assert_parity(cf(load_video_encoder(path)(cl(x))), ref_z, what="encode, other blocks")
+    e2 = assert_parity(cf(load_video_decoder(path)(cl(z))), ref_x, what="decode, other blocks")
+    print(f"other block types (chunk bytes {chunk_bytes}): encode {e1:.2e}, decode {e2:.2e}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from test_audio_mel import slaney_mel_filterbank
 
 from ltx_core.model.audio_vae import VocoderConfigurator, VocoderWithBWE as RefVocoderWithBWE
 from ltx_mlx.checkpoint import CheckpointError, parameter_shapes
-from ltx_mlx.models.vocoder import (Vocoder, VocoderConfig, VocoderWithBWE, build_vocoder, conv1d_valid,
-                                    ConvTranspose1d, load_vocoder, sanitize)
+from ltx_mlx.models.vocoder import (ConvTranspose1d, Vocoder, VocoderConfig, VocoderWithBWE, _sin_squared,
+                                    build_vocoder, conv1d_valid, load_vocoder, sanitize)
 
 V1 = {"vocoder": {"resblock": "1", "stereo": True, "upsample_initial_channel": 32, "upsample_rates": [6, 5, 2, 2, 2],
                   "upsample_kernel_sizes": [16, 15, 8, 4, 4], "resblock_kernel_sizes": [3, 7, 11],
@@ -104,6 +104,16 @@ def test_fast_conv_formulations_match_torch():
         with torch.no_grad():
             ref = m(x)
         assert_parity(ours(to_mx(x).transpose(0, 2, 1)).transpose(0, 2, 1), ref, what=f"conv transpose s={s} k={k}")
+
+
+def test_cpu_sin_squared_is_float32_exact():
+    z = np.concatenate([np.linspace(-7, 7, 100001), np.random.default_rng(0).uniform(-2000, 2000, 100000)])
+    z = z.astype(np.float32)
+    ours = np.array(_sin_squared(mx.array(z)))
+    exact = np.sin(z.astype(np.float64)) ** 2
+    assert np.abs(ours - exact).max() < 5e-7
+    assert _sin_squared(mx.array(z[:5]).astype(mx.bfloat16)).dtype == mx.bfloat16
+    print(f"CPU sin²: max abs error {np.abs(ours - exact).max():.1e} over |z| ≤ 2000")
 
 
 def test_selection_follows_the_reference():

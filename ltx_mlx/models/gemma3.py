@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import mlx.core as mx
@@ -48,12 +48,12 @@ class Gemma3Config:
     sliding_window_pattern: int = 6
     layer_types: list[str] | None = None
     use_bidirectional_attention: bool = False
+    bos_token_id: int = 2
     quantization: dict | None = None
-    extra: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Gemma3Config":
-        names = {f.name for f in fields(cls)} - {"extra"}
+        names = {f.name for f in fields(cls)}
         cfg = cls(**{k: v for k, v in d.items() if k in names})
         if cfg.layer_types is None:
             # Older configs carry only the pattern: every `pattern`-th layer is global.

@@ -10,6 +10,7 @@ lands in the first head) and `interleaved` (neighbouring channels over the whole
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -97,6 +98,15 @@ def rope_table(positions: mx.array, dim: int, theta: float, max_pos, heads: int,
     return RopeTable(cos.astype(dtype), signed.astype(dtype), rope_type)
 
 
+def _fused(fn):
+    return mx.compile(fn, shapeless=True) if os.environ.get("LTX_MLX_COMPILE", "1") != "0" else fn
+
+
+@_fused
+def _rotate(x, swapped, cos, sin):
+    return x * cos + swapped * sin
+
+
 def apply_rope(x: mx.array, table: RopeTable) -> mx.array:
     """Rotate q or k of shape (B, T, dim)."""
     B, T, D = x.shape
@@ -107,4 +117,4 @@ def apply_rope(x: mx.array, table: RopeTable) -> mx.array:
     else:
         x = x.reshape(B, T, D // 2, 2)
         swapped = x[..., ::-1]
-    return (x * table.cos + swapped * table.sin).reshape(B, T, D)
+    return _rotate(x, swapped, table.cos, table.sin).reshape(B, T, D)

@@ -71,7 +71,7 @@ class ConnectorConfig:
                    rope_type=rope, double_precision_rope=t.get("frequencies_precision", False) == "float64",
                    apply_gated_attention=bool(t.get("connector_apply_gated_attention", False)),
                    # the reference hard-wires 128; real files carry the same number in this key
-                   num_learnable_registers=int(t.get("connector_num_learnable_registers", 128)))
+                   num_learnable_registers=int(t.get("connector_num_learnable_registers") or 128))
 
     @property
     def inner_dim(self) -> int:
@@ -156,7 +156,11 @@ def stack_features(normed: list[mx.array], valid: mx.array) -> mx.array:
 # ---------------------------------------------------------------------------------------------------- connectors
 
 def _linspace_like_torch(n: int) -> np.ndarray:
-    """torch.linspace(0, 1, n, float32) (its scalar form: the second half counts back from the end)."""
+    """torch.linspace(0, 1, n, float32) in its scalar form (the second half counts back from the end).
+
+    Torch's vectorised CPU kernel can land one ulp away on some entries, which moves the highest
+    frequencies of a float32 grid; real checkpoints ask for the float64 grid, which is exact.
+    """
     f = np.float32
     if n == 1:
         return np.zeros(1, f)
@@ -176,10 +180,7 @@ def connector_rope(cfg: ConnectorConfig, T: int) -> tuple[np.ndarray, np.ndarray
     frac = np.arange(T).astype(f32) / f32(cfg.positional_embedding_max_pos[0])
     angles = (grid[None, :] * (frac * f32(2) - f32(1))[:, None]).astype(np.float64)
     cos, sin = np.cos(angles).astype(f32), np.sin(angles).astype(f32)
-    if cfg.rope_type == "split":
-        pad = dim // 2 - n
-        cos = np.concatenate([np.ones((T, pad), f32), cos], axis=-1)
-        sin = np.concatenate([np.zeros((T, pad), f32), sin], axis=-1)
+    if cfg.rope_type == "split":  # dim // 2 frequencies exactly: no padding in 1-D
         H = cfg.num_attention_heads
         return cos.reshape(T, H, -1).transpose(1, 0, 2), sin.reshape(T, H, -1).transpose(1, 0, 2)
     cos, sin = np.repeat(cos, 2, axis=-1), np.repeat(sin, 2, axis=-1)
@@ -339,6 +340,13 @@ def read_weights(sf: SafetensorsFile, dtype: mx.Dtype | None = None) -> dict[str
     return out
 
 
+def transformer_config(sf: SafetensorsFile) -> dict:
+    transformer = sf.config().get("transformer")
+    if not transformer:
+        raise CheckpointError(f"{sf.path} has no metadata config['transformer']: not an official LTX-2/LTX-2.3 file")
+    return transformer
+
+
 def load_text_projection(path: str | os.PathLike | SafetensorsFile, dtype: mx.Dtype = mx.float32,
                          gemma_config=None) -> TextProjection:
     """Feature extractor + connectors from an official LTX-2 / LTX-2.3 checkpoint.
@@ -347,9 +355,7 @@ def load_text_projection(path: str | os.PathLike | SafetensorsFile, dtype: mx.Dt
     transformer config's `caption_channels` and the projection weight's width.
     """
     sf = path if isinstance(path, SafetensorsFile) else SafetensorsFile(path)
-    transformer = sf.config().get("transformer")
-    if not transformer:
-        raise CheckpointError(f"{sf.path} has no metadata config['transformer']: not an official LTX-2/LTX-2.3 file")
+    transformer = transformer_config(sf)
     weights = sanitize(read_weights(sf, dtype))
     version = feature_extractor_version(transformer)
     key = "feature_extractor." + ("aggregate_embed.weight" if version == 1 else "video_aggregate_embed.weight")

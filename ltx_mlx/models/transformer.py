@@ -9,6 +9,7 @@ the transformer; all of it is switched by the checkpoint's `config["transformer"
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Sequence
@@ -180,12 +181,25 @@ def rms(x: mx.array, eps: float) -> mx.array:
     return mx.fast.rms_norm(x, None, eps)
 
 
+def _maybe_compile(fn):
+    """Fuse an elementwise chain into one pass (MLX's CPU runs each op as its own single-threaded pass).
+    LTX_MLX_COMPILE=0 turns it off; the parity tests hold either way."""
+    return mx.compile(fn, shapeless=True) if os.environ.get("LTX_MLX_COMPILE", "1") != "0" else fn
+
+
+@_maybe_compile
 def gelu_tanh(x: mx.array) -> mx.array:
-    return 0.5 * x * (1 + mx.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+    return 0.5 * x * (1 + mx.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x))))
 
 
+@_maybe_compile
 def modulate(x_norm: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
     return x_norm * (1 + scale) + shift
+
+
+@_maybe_compile
+def gated_residual(x: mx.array, h: mx.array, gate: mx.array) -> mx.array:
+    return x + h * gate
 
 
 class Attention(nn.Module):
@@ -207,31 +221,51 @@ class Attention(nn.Module):
                  keep: mx.array | None = None, passthrough: bool = False):
         """`passthrough`: STG for the whole batch (output = to_v(context)); `keep` (B,1,1): per sample."""
         context = x if context is None else context
+        B, T, _ = x.shape
+        H, D = self.heads, self.dim_head
         v = self.to_v(context)
         if passthrough:
-            out = v
+            out = v.reshape(B, T, H, D)
         else:
             q = self.q_norm(self.to_q(x))
             k = self.k_norm(self.to_k(context))
             if pe is not None:
                 q = apply_rope(q, pe)
                 k = apply_rope(k, pe if k_pe is None else k_pe)
-            out = self._attend(q, k, v, mask)
+            out = self._attend(q, k, v, mask)  # (B, T, H, D), strided
             if keep is not None:
-                out = mx.where(keep > 0, out, v)
+                out = mx.where(keep[..., None] > 0, out, v.reshape(B, T, H, D))
         if "to_gate_logits" in self:
-            B, T, _ = out.shape
-            gates = 2 * mx.sigmoid(self.to_gate_logits(x))
-            out = (out.reshape(B, T, self.heads, self.dim_head) * gates[..., None]).reshape(B, T, -1)
-        return self.to_out[0](out)
+            out = out * (2 * mx.sigmoid(self.to_gate_logits(x)))[..., None]
+        return self.to_out[0](out.reshape(B, T, H * D))
 
     def _attend(self, q, k, v, mask):
         B, T, _ = q.shape
-        S = k.shape[1]
         H, D = self.heads, self.dim_head
         q, k, v = (t.reshape(B, -1, H, D).transpose(0, 2, 1, 3) for t in (q, k, v))
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(D), mask=mask)
-        return out.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+        scale = 1 / math.sqrt(D)
+        streams = _cpu_streams() if H % 2 == 0 and H * T * k.shape[2] >= _PARALLEL_MIN_SCORES else None
+        if streams is None:
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+        else:  # two halves of the heads on two CPU threads: the softmax is single-threaded per op on CPU
+            h = H // 2
+            parts = [mx.fast.scaled_dot_product_attention(q[:, i:i + h], k[:, i:i + h], v[:, i:i + h], scale=scale,
+                                                          mask=mask, stream=st) for i, st in zip((0, h), streams)]
+            out = mx.concatenate(parts, axis=1)
+        return out.transpose(0, 2, 1, 3)
+
+
+_PARALLEL_MIN_SCORES = 1 << 22
+_STREAMS = []
+
+
+def _cpu_streams():
+    """Two extra CPU streams (threads) when running on the CPU; LTX_MLX_CPU_STREAMS=0 turns this off."""
+    if mx.default_device() != mx.cpu or os.environ.get("LTX_MLX_CPU_STREAMS", "1") == "0":
+        return None
+    if not _STREAMS:
+        _STREAMS.extend(mx.new_stream(mx.cpu) for _ in range(2))
+    return _STREAMS
 
 
 class GELUProj(nn.Module):
@@ -356,19 +390,19 @@ class TransformerBlock(nn.Module):
         none, every, keep = perturbations.keep_mask(skip, self.idx, x.dtype)
         h = attn1(modulate(rms(x, self.eps), scale, shift), pe=s.pe, mask=s.self_attention_mask,
                   keep=keep, passthrough=every)
-        x = x + h * gate
+        x = gated_residual(x, h, gate)
         if self.cross_attention_adaln:
             shift_q, scale_q, gate_q = _ada(table, s.timesteps, slice(6, 9))
             shift_kv, scale_kv = _ada(prompt_table, s.prompt_timestep, slice(0, 2))
             context = s.context * (1 + scale_kv) + shift_kv
-            x = x + attn2(modulate(rms(x, self.eps), scale_q, shift_q), context, s.context_mask) * gate_q
+            x = gated_residual(x, attn2(modulate(rms(x, self.eps), scale_q, shift_q), context, s.context_mask), gate_q)
         else:
             x = x + attn2(rms(x, self.eps), s.context, s.context_mask)
         return x
 
     def _feed_forward(self, x, s: StreamArgs, ff, table):
         shift, scale, gate = _ada(table, s.timesteps, slice(3, 6))
-        return x + ff(modulate(rms(x, self.eps), scale, shift)) * gate
+        return gated_residual(x, ff(modulate(rms(x, self.eps), scale, shift)), gate)
 
     def _av_values(self, table, s: StreamArgs, rows: slice):
         scale, shift = _ada(table[:4], s.cross_scale_shift_timestep, rows)
@@ -401,14 +435,14 @@ class TransformerBlock(nn.Module):
                 a_scale, a_shift, _ = self._av_values(self.scale_shift_table_a2v_ca_audio, audio, slice(0, 2))
                 h = self.audio_to_video_attn(modulate(vn, v_scale, v_shift), modulate(an, a_scale, a_shift),
                                              pe=video.cross_pe, k_pe=audio.cross_pe)
-                vx = vx + self._masked(h * v_gate, Skip.A2V_CROSS_ATTN, perturbations)
+                vx = self._gated(vx, h, v_gate, Skip.A2V_CROSS_ATTN, perturbations)
             _, skip_all, _ = perturbations.keep_mask(Skip.V2A_CROSS_ATTN, self.idx, ax.dtype)
             if run_v2a and not skip_all:
                 a_scale, a_shift, a_gate = self._av_values(self.scale_shift_table_a2v_ca_audio, audio, slice(2, 4))
                 v_scale, v_shift, _ = self._av_values(self.scale_shift_table_a2v_ca_video, video, slice(2, 4))
                 h = self.video_to_audio_attn(modulate(an, a_scale, a_shift), modulate(vn, v_scale, v_shift),
                                              pe=audio.cross_pe, k_pe=video.cross_pe)
-                ax = ax + self._masked(h * a_gate, Skip.V2A_CROSS_ATTN, perturbations)
+                ax = self._gated(ax, h, a_gate, Skip.V2A_CROSS_ATTN, perturbations)
 
         if run_v:
             vx = self._feed_forward(vx, video, self.ff, self.scale_shift_table)
@@ -416,9 +450,9 @@ class TransformerBlock(nn.Module):
             ax = self._feed_forward(ax, audio, self.audio_ff, self.audio_scale_shift_table)
         return vx, ax
 
-    def _masked(self, h, skip: Skip, perturbations: Perturbations):
+    def _gated(self, x, h, gate, skip: Skip, perturbations: Perturbations):
         _, _, keep = perturbations.keep_mask(skip, self.idx, h.dtype)
-        return h if keep is None else h * keep
+        return gated_residual(x, h, gate) if keep is None else x + h * gate * keep
 
 
 # ---------------------------------------------------------------------------------------------- model

@@ -26,6 +26,7 @@ UNUSED_STATISTICS = ("channel", "mean-of-stds", "mean-of-stds_over_std-of-means"
 
 PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 NOISE_SCALE, DECODE_TIMESTEP = 0.025, 0.05
+CONV_CHUNK_BYTES = 256 * 2**20
 
 Noise = Callable[[tuple], mx.array]
 
@@ -144,7 +145,7 @@ class CausalConv3d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride=(1, 1, 1), padding_mode: str = "zeros",
                  kernel_size: int = 3):
         super().__init__()
-        self.kernel_size, self.padding_mode = kernel_size, padding_mode
+        self.kernel_size, self.padding_mode, self.time_stride = kernel_size, padding_mode, stride[0]
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride)
 
     def __call__(self, x: mx.array, causal: bool = True) -> mx.array:
@@ -156,7 +157,19 @@ class CausalConv3d(nn.Module):
         else:
             x = _pad_index(_pad_index(x, 2, p, p, PADDING_MODES[self.padding_mode]), 3, p, p,
                            PADDING_MODES[self.padding_mode])
-        return self.conv(x)
+        return self._chunked_conv(x)
+
+    def _chunked_conv(self, x: mx.array) -> mx.array:
+        # Convolutions may unfold their input k^3-fold (im2col); run them a few output frames at a time so
+        # that buffer stays under CONV_CHUNK_BYTES whatever the frame count.
+        k, s = self.kernel_size, self.time_stride
+        frames = (x.shape[1] - k) // s + 1
+        per_frame = x.shape[0] * x.shape[2] * x.shape[3] * x.shape[4] * k ** 3 * x.dtype.size
+        n = max(1, CONV_CHUNK_BYTES // per_frame)
+        if n >= frames:
+            return self.conv(x)
+        return mx.concatenate([self.conv(x[:, i * s: (min(i + n, frames) - 1) * s + k])
+                               for i in range(0, frames, n)], axis=1)
 
 
 def timestep_embedding(t: mx.array, dim: int = 256) -> mx.array:

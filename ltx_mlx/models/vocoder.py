@@ -205,6 +205,20 @@ class DownSample1d(nn.Module):
         return self.lowpass(x)
 
 
+def _sin_squared(z: mx.array) -> mx.array:
+    """sin²(z). On the CPU a range-reduced odd polynomial (float32 error ~1e-7): MLX's CPU sin is ~3× slower,
+    and the Snake activations' sines are a third of the BigVGAN vocoder's CPU time."""
+    if mx.default_device() != mx.cpu:
+        return mx.square(mx.sin(z))
+    z32 = z.astype(mx.float32)
+    k = mx.round(z32 * (1 / math.pi))
+    r = (z32 - k * 3.140625) - k * 9.676535897932e-4  # z − kπ, π split so that k·3.140625 is exact
+    r2 = r * r
+    p = 1 / 362880 + r2 * (-1 / 39916800)
+    p = r + r * r2 * (-1 / 6 + r2 * (1 / 120 + r2 * (-1 / 5040 + r2 * p)))
+    return mx.square(p).astype(z.dtype)  # sin²(z) = sin²(z − kπ)
+
+
 class Snake(nn.Module):
     """x + sin²(e^α·x) / (e^α + 1e-9); SnakeBeta divides by e^β instead (log-scale parameters)."""
 
@@ -217,7 +231,7 @@ class Snake(nn.Module):
     def __call__(self, x):
         alpha = mx.exp(self.alpha)
         beta = mx.exp(self.beta) if "beta" in self else alpha
-        return x + mx.square(mx.sin(x * alpha)) * (1.0 / (beta + 1e-9))
+        return x + _sin_squared(x * alpha) * (1.0 / (beta + 1e-9))
 
 
 class Activation1d(nn.Module):
