@@ -183,12 +183,14 @@ class LTXModelBundle:
         from .text_encoder import MAX_LENGTH, PromptTokenizer
 
         folder = self.folder / self._entry("gemma")["folder"]
-        return PromptTokenizer(folder, max_length or MAX_LENGTH, vocab_size=read_gemma_config(folder).vocab_size)
+        return PromptTokenizer(folder, max_length or MAX_LENGTH, gemma_config=read_gemma_config(folder))
 
     def text_encoder(self, max_length: int | None = None):
+        """Tokenizer + Gemma + text projection. Gemma is not cached here, so the encoder's `free_gemma` really
+        frees it; the projection is built when first used, so it need not share memory with Gemma."""
         from .text_encoder import TextEncoder
 
-        return TextEncoder(self.gemma(), self.tokenizer(max_length), self.text_projection())
+        return TextEncoder(self.load_component("gemma"), self.tokenizer(max_length), self.text_projection)
 
     def distilled_lora(self, strength: float | None = None) -> LoRA:
         """The distilled LoRA stored beside the base weights (the two-stage pipelines fuse it for stage 2)."""

@@ -13,7 +13,7 @@ from typing import Callable
 import mlx.nn as nn
 
 from .checkpoint import CheckpointError
-from .models import audio_vae, text_projection, transformer, video_vae, vocoder
+from .models import audio_vae, text_projection, transformer, upsampler, video_vae, vocoder
 from .models.gemma3 import Gemma3Config, Gemma3TextModel
 from .models.gemma3 import route_key as gemma_route
 from .models.gemma3 import sanitize as gemma_sanitize
@@ -65,19 +65,32 @@ CONFIG_SECTION = {"transformer": "transformer", "text_projection": "transformer"
                   "vocoder": "vocoder"}
 
 
-def upsampler_component(name: str) -> Component:
-    up = upsampler_module()
-    return Component(name, lambda key: key, up.sanitize)
+UPSAMPLER_KINDS = ("spatial_upsampler", "temporal_upsampler")
 
 
-def upsampler_module():
+def upsampler_config(config: dict, kind: str, path: str) -> upsampler.UpsamplerConfig:
+    """The flat config of an upsampler file, checked against the role it is given."""
+    if not config or any(k in config for k in ("transformer", "vae")):
+        raise CheckpointError(f"{path} is not a latent upsampler file: its metadata has no flat upsampler config "
+                              "(keys like mid_channels, spatial_upsample)")
     try:
-        from .models import upsampler
-    except ImportError:
-        raise CheckpointError("latent upsamplers are not supported by this version of ltx-mlx yet "
-                              "(ltx_mlx.models.upsampler is missing); convert without --spatial/--temporal-"
-                              "upsampler-path") from None
-    return upsampler
+        cfg = upsampler.UpsamplerConfig.from_dict(config)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if kind == "spatial_upsampler" and not cfg.spatial_upsample:
+        raise CheckpointError(f"{path} is a temporal upsampler: pass it with --temporal-upsampler-path")
+    if kind == "temporal_upsampler" and not cfg.temporal_upsample:
+        raise CheckpointError(f"{path} is a spatial upsampler: pass it with --spatial-upsampler-path")
+    return cfg
+
+
+def upsampler_name(kind: str, cfg: upsampler.UpsamplerConfig) -> str:
+    """Folder name: the kind and its factor, e.g. spatial_upsampler_x2, spatial_upsampler_x1.5."""
+    scale = float(cfg.spatial_scale) if cfg.spatial_upsample and cfg.rational_resampler else 2.0
+    return f"{kind}_x{scale:g}"
+
+
+UPSAMPLER = Component("upsampler", lambda key: key if key.startswith(upsampler.PREFIX) else None, upsampler.sanitize)
 
 
 def build(kind: str, config: dict, gemma_config: Gemma3Config | None = None,
@@ -104,8 +117,8 @@ def build(kind: str, config: dict, gemma_config: Gemma3Config | None = None,
             return vocoder.build_vocoder(config)
         if kind == "gemma":
             return Gemma3TextModel(gemma_config)
-        if kind in ("spatial_upsampler", "temporal_upsampler"):
-            return upsampler_module().build_upsampler(upsampler_config)
+        if kind in UPSAMPLER_KINDS:
+            return upsampler.LatentUpsampler(upsampler.UpsamplerConfig.from_dict(upsampler_config))
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{kind.replace('_', ' ')}: unsupported or invalid config ({e})") from None
     raise ValueError(f"unknown component kind {kind!r}")

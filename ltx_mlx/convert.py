@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import CheckpointError, SafetensorsFile, load_strict
-from .components import CHECKPOINT_COMPONENTS, GEMMA, Component, build, upsampler_component
+from .components import CHECKPOINT_COMPONENTS, GEMMA, UPSAMPLER, Component, build, upsampler_config, upsampler_name
 from .lora import LoRA, fuse_loras, read_lora
 from .model_folder import MAX_SHARD_BYTES, atomic_output_dir, ensure_free_space, resolve_path, write_component
 from .models.gemma3 import read_gemma_config, weight_files
@@ -208,7 +208,7 @@ def _quantize_job(job: Job, plan: QuantizationPlan | None):
 def _check_job(job: Job, dtype: mx.Dtype) -> dict[str, tuple]:
     """Strict key/shape check of the whole component against its model, before anything is read or written."""
     weights = dict(converted_tensors(job, dtype, placeholders=True))
-    load_strict(job.model, weights, job.component.name.replace("_", " "))
+    load_strict(job.model, weights, job.entry["folder"].replace("_", " "))
     job.out_bytes = sum(v.nbytes for v in weights.values())
     return {k: tuple(v.shape) for k, v in weights.items()}
 
@@ -303,14 +303,9 @@ def _gemma_job(gemma_root: str) -> Job:
 def _upsampler_job(path: str, kind: str) -> Job:
     sf = StreamingFile(path)
     config = sf.config()
-    if not config:
-        raise CheckpointError(f"{sf.path} has no metadata 'config': it is not an official LTX latent upsampler")
-    model = build(kind, {}, upsampler_config=config)
-    name = f"{kind}_x{model.scale_label}" if hasattr(model, "scale_label") else kind
-    component = upsampler_component(name)
-    entry = {"kind": kind, "folder": name, "config": config,
-             "source": os.path.basename(sf.path)}
-    return Job(component, entry, [_routed(sf, component)], model)
+    name = upsampler_name(kind, upsampler_config(config, kind, sf.path))
+    entry = {"kind": kind, "folder": name, "config": config, "source": os.path.basename(sf.path)}
+    return Job(UPSAMPLER, entry, [_routed(sf, UPSAMPLER)], build(kind, {}, upsampler_config=config))
 
 
 # ---------------------------------------------------------------------------------------------- writing

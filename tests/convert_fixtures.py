@@ -21,6 +21,8 @@ from ltx_mlx.models.text_projection import PREFIXES
 from ltx_mlx.models.transformer import Modality
 from reference import prefixed_state_dict, randomize_, save_official_checkpoint
 from test_audio_vae import audio_cfg
+from test_upsampler import TINY as TINY_UPSAMPLER
+from test_upsampler import build as build_upsampler
 from test_video_vae import build_reference as build_video_vae
 from test_video_vae import vae_config
 from test_vocoder import V1 as HIFIGAN
@@ -110,6 +112,29 @@ def write_official(tmp_path, version: str, seed: int = 0, name: str | None = Non
     return ckpt, gemma, config
 
 
+UPSAMPLERS = {  # folder name -> (kind, flat config)
+    "2": {"spatial_upsampler_x2": ("spatial", dict(TINY_UPSAMPLER, spatial_upsample=True))},
+    "2.3": {"spatial_upsampler_x2": ("spatial", dict(TINY_UPSAMPLER, spatial_upsample=True)),
+            "spatial_upsampler_x1.5": ("spatial", dict(TINY_UPSAMPLER, spatial_upsample=True, rational_resampler=True,
+                                                        spatial_scale=1.5)),
+            "temporal_upsampler_x2": ("temporal", dict(TINY_UPSAMPLER, spatial_upsample=False, temporal_upsample=True))},
+}
+
+
+def write_upsamplers(tmp_path, version: str, seed: int = 20) -> dict:
+    """Official upsampler files (flat config, unprefixed keys): folder name -> (kind, path)."""
+    out = {}
+    for i, (name, (kind, config)) in enumerate(UPSAMPLERS[version].items()):
+        path = tmp_path / f"ltx-{version}-{name}.safetensors"
+        build_upsampler(config, path, seed + i)
+        out[name] = (kind, path)
+    return out
+
+
+def upsampler_args(upsamplers: dict) -> list:
+    return [a for kind, path in upsamplers.values() for a in (f"--{kind}-upsampler-path", path)]
+
+
 def write_lora(path, shapes: dict, modules: list[str], rank: int, seed: int, metadata: dict | None = None):
     """A LoRA in the official naming for `modules`, shaped as `shapes[module]` = (out, in)."""
     g = torch.Generator().manual_seed(seed)
@@ -168,6 +193,8 @@ def component_outputs(name: str, model, config: dict, seed: int = 0) -> list[mx.
         out = model(r(1, 2, 5, 16))
     elif name == "vocoder":
         out = model(r(1, 2, 6, 64, shift=-2))
+    elif "upsampler" in name:
+        out = model(r(1, 3, 4, 6, 8))
     else:
         raise ValueError(name)
     out = [o for o in (out if isinstance(out, (list, tuple)) else [out]) if o is not None]

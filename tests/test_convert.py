@@ -15,7 +15,8 @@ from mlx.utils import tree_flatten
 from safetensors.torch import load_file, save_file
 
 import ltx_mlx
-from convert_fixtures import VERSIONS, component_outputs, official_tensors, write_official
+from convert_fixtures import (UPSAMPLERS, VERSIONS, component_outputs, official_tensors, upsampler_args,
+                              write_official, write_upsamplers)
 from ltx_mlx.checkpoint import SafetensorsFile
 from ltx_mlx.cli.convert import main
 from ltx_mlx.model_folder import INDEX_NAME
@@ -23,6 +24,7 @@ from ltx_mlx.models.audio_vae import load_audio_decoder, load_audio_encoder
 from ltx_mlx.models.gemma3 import load_gemma
 from ltx_mlx.models.text_projection import load_text_projection
 from ltx_mlx.models.transformer import load_transformer
+from ltx_mlx.models.upsampler import load_upsampler
 from ltx_mlx.models.video_vae import load_video_decoder, load_video_encoder
 from ltx_mlx.models.vocoder import load_vocoder
 from ltx_mlx.text_encoder import PromptTokenizer
@@ -32,8 +34,10 @@ COMPONENTS = ("transformer", "text_projection", "video_encoder", "video_decoder"
               "vocoder", "gemma")
 
 
-def official_component(name, ckpt, gemma):
+def official_component(name, ckpt, gemma, upsamplers=None):
     sf = SafetensorsFile(ckpt)
+    if "upsampler" in name:
+        return load_upsampler(upsamplers[name][1])
     if name == "gemma":
         return load_gemma(gemma)
     if name == "text_projection":
@@ -64,18 +68,22 @@ def official(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def converted(official):
     version, tmp, ckpt, gemma, config = official
+    upsamplers = write_upsamplers(tmp, version)
     out = tmp / "mlx-f32"
-    rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", out, "--dtype", "float32")
+    rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", out, "--dtype", "float32",
+                      *upsampler_args(upsamplers))
     assert rc == 0, err
-    return out
+    return out, upsamplers
 
 
 def test_round_trip_outputs_equal_official(official, converted):
     version, tmp, ckpt, gemma, config = official
+    converted, upsamplers = converted
     bundle = ltx_mlx.load(converted)
-    assert bundle.components == list(COMPONENTS) and bundle.model_version == VERSIONS[version]
-    for name in COMPONENTS:
-        ours, ref = bundle.get(name), official_component(name, ckpt, gemma)
+    assert bundle.components == list(COMPONENTS) + list(UPSAMPLERS[version])
+    assert bundle.model_version == VERSIONS[version]
+    for name in bundle.components:
+        ours, ref = bundle.get(name), official_component(name, ckpt, gemma, upsamplers)
         assert type(ours) is type(ref), name
         ref_params, our_params = dict(tree_flatten(ref.parameters())), dict(tree_flatten(ours.parameters()))
         assert set(ours_keys := our_params) == set(ref_params), name
@@ -94,13 +102,25 @@ def test_round_trip_outputs_equal_official(official, converted):
 
 def test_folder_layout_config_and_tokenizer(official, converted):
     version, tmp, ckpt, gemma, config = official
+    converted, upsamplers = converted
     cfg = json.loads((converted / "config.json").read_text())
     assert cfg["format"] == "mlx" and cfg["model_version"] == VERSIONS[version] and cfg["dtype"] == "float32"
     assert cfg["config"] == config  # every official section, verbatim
     assert cfg["quantization"] == {} and cfg["fused_loras"] == []
     assert cfg["components"]["text_projection"]["dims"] == {"embedding_dim": 64, "num_states": 8}
     assert cfg["source"] == {"checkpoint": ckpt.name, "bytes": ckpt.stat().st_size}
-    for name in COMPONENTS:
+    for name, (kind, path) in upsamplers.items():
+        entry = cfg["components"][name]
+        assert entry == {"kind": f"{kind}_upsampler", "folder": name, "config": SafetensorsFile(path).config(),
+                         "source": path.name}
+    bundle = ltx_mlx.load(converted)
+    assert bundle.spatial_upsampler("spatial_upsampler_x2") is bundle.get("spatial_upsampler_x2")
+    if version == "2.3":
+        assert bundle.upsamplers("spatial_upsampler") == ["spatial_upsampler_x2", "spatial_upsampler_x1.5"]
+        assert bundle.temporal_upsampler().cfg.temporal_upsample
+    else:
+        assert bundle.spatial_upsampler() is bundle.get("spatial_upsampler_x2")
+    for name in cfg["components"]:
         index = json.loads((converted / name / INDEX_NAME).read_text())
         shards = sorted(set(index["weight_map"].values()))
         assert shards and all(SafetensorsFile(converted / name / s).metadata == {"format": "mlx"} for s in shards)
@@ -322,3 +342,17 @@ def test_inputs_from_the_hub_and_bad_flags(ltx23, tmp_path, monkeypatch):
         assert e.value.code == 2
     rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", tmp_path / "o2", "--q-high-bits", "8")
     assert_clean_failure(rc, err, tmp_path / "o2", "need -q")
+
+
+def test_bad_upsampler_inputs(ltx23, tmp_path):
+    tmp, ckpt, _, _ = ltx23
+    ups = write_upsamplers(tmp_path, "2.3")
+    temporal, spatial = ups["temporal_upsampler_x2"][1], ups["spatial_upsampler_x2"][1]
+    cases = ((["--spatial-upsampler-path", temporal], "is a temporal upsampler"),
+             (["--temporal-upsampler-path", spatial], "is a spatial upsampler"),
+             (["--spatial-upsampler-path", ckpt], "not a latent upsampler file"),
+             (["--spatial-upsampler-path", spatial, "--spatial-upsampler-path", spatial], "same component folder"))
+    for i, (args, phrase) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", out, *args)
+        assert_clean_failure(rc, err, out, phrase)

@@ -56,10 +56,13 @@ def test_official_checkpoint_is_converted_once_into_the_cache(official, cache, m
 def test_prompts_encode_as_from_the_official_files(official, cache):
     ckpt, gemma, config = official
     model = ltx_mlx.load(ckpt, gemma_root=gemma, dtype="float32", progress=False)
-    ours = model.text_encoder(max_length=128).encode(["a red car in the city at night"])[0]
+    encoder = model.text_encoder(max_length=128)
+    ours = encoder.encode(["a red car in the city at night"], free_gemma=True)[0]
     ref = TextEncoder.load(gemma, ckpt, dtype=mx.float32, max_length=128).encode(["a red car in the city at night"])[0]
     for a, b in ((ours.video, ref.video), (ours.audio, ref.audio), (ours.mask, ref.mask)):
         assert a.shape == b.shape and mx.array_equal(a, b).item()
+    assert encoder.gemma is None and {k[0] for k in model._loaded} == {"text_projection"}  # Gemma really freed
+    model.gemma()
     assert {k[0] for k in model._loaded} == {"gemma", "text_projection"}
     model.free("gemma")
     assert {k[0] for k in model._loaded} == {"text_projection"}
