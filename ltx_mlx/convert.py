@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -198,7 +198,7 @@ def _quantize_job(job: Job, plan: QuantizationPlan | None):
     """Choose the quantized layers exactly as `quantize_model` does, on the (lazy) model itself."""
     if plan is None:
         return
-    plan.overrides = {}
+    plan = replace(plan, overrides={})
     quantize_model(job.model, plan, job.component.quantizable)
     job.quantized = {p: (m.group_size, m.bits, m.mode) for p, m in job.model.named_modules()
                      if isinstance(m, nn.QuantizedLinear)}
@@ -213,7 +213,7 @@ def _check_job(job: Job, dtype: mx.Dtype) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in weights.items()}
 
 
-def _check_loras(loras: list[LoRA], dense_shapes: dict[str, tuple], quantized: dict) -> list[str]:
+def _check_loras(loras: list[LoRA], dense_shapes: dict[str, tuple]) -> list[str]:
     """LoRA modules must fit the transformer; returns those that match nothing (the reference ignores them)."""
     unmatched = []
     for lora in loras:
@@ -270,7 +270,7 @@ def read_checkpoint(path: str) -> tuple[SafetensorsFile, dict, str | None]:
     return sf, config, version
 
 
-def _checkpoint_jobs(sf, config, gemma_cfg, dtype_name) -> list[Job]:
+def _checkpoint_jobs(sf: SafetensorsFile, config: dict, gemma_cfg) -> list[Job]:
     jobs = []
     text_dims = None
     for component in CHECKPOINT_COMPONENTS:
@@ -293,6 +293,9 @@ def _gemma_job(gemma_root: str) -> Job:
     sources = [_routed(StreamingFile(p), GEMMA) for p in weight_files(folder)]
     if not any(s.keys for s in sources):
         raise CheckpointError(f"{folder} holds no Gemma language-model weights")
+    if any(k.endswith(".scales") for s in sources for k, _ in s.keys):
+        raise CheckpointError(f"{folder} holds already-quantized (MLX) Gemma weights: pass the original Gemma-3 "
+                              "folder (google/gemma-3-12b-it-qat-q4_0-unquantized) and quantize with -q")
     if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
         raise CheckpointError(f"{folder} has no Gemma tokenizer (tokenizer.json or tokenizer.model): download the "
                               "tokenizer files of google/gemma-3-12b-it-qat-q4_0-unquantized into it")
@@ -330,6 +333,89 @@ def _copy_gemma_files(src: Path, dst: Path, plan_config: dict | None):
     (dst / "config.json").write_text(json.dumps(config, indent=1))
 
 
+@dataclass
+class Conversion:
+    """Everything a conversion will write, checked and sized, before anything is written."""
+
+    config: dict
+    model_version: str | None
+    source: str
+    jobs: list[Job]
+    loras: list[LoRA]
+    distilled: LoRA | None
+    unmatched_lora_modules: list[str]
+    gemma_folder: Path | None
+
+    @property
+    def output_bytes(self) -> int:
+        lora = sum(a.nbytes + b.nbytes for a, b in self.distilled.pairs.values()) if self.distilled else 0
+        return sum(j.out_bytes for j in self.jobs) + lora
+
+
+def plan_conversion(checkpoint_path: str, gemma_root: str | None = None,
+                    spatial_upsampler_paths: tuple[str, ...] = (), temporal_upsampler_paths: tuple[str, ...] = (),
+                    options: ConvertOptions | None = None) -> Conversion:
+    """Open every input, build each component's model lazily, choose the quantized layers and check every
+    tensor's converted name and shape against the model — reading headers only, no weights."""
+    opts = options or ConvertOptions()
+    if opts.dtype not in DTYPES:
+        raise ValueError(f"dtype {opts.dtype!r} is not one of {', '.join(DTYPES)}")
+    unknown = set(opts.quantize) - set(QUANTIZABLE)
+    if unknown:
+        raise ValueError(f"cannot quantize {sorted(unknown)}: only {', '.join(QUANTIZABLE)} are quantizable")
+    dtype = DTYPES[opts.dtype]
+    sf, config, version = read_checkpoint(resolve_path(checkpoint_path))
+    gemma_folder = Path(resolve_path(gemma_root)) if gemma_root else None
+    gemma_job = _gemma_job(str(gemma_folder)) if gemma_folder else None
+    jobs = _checkpoint_jobs(sf, config, gemma_job.model.config if gemma_job else None)
+    jobs += [gemma_job] if gemma_job else []
+    for kind, paths in (("spatial_upsampler", spatial_upsampler_paths), ("temporal_upsampler", temporal_upsampler_paths)):
+        jobs += [_upsampler_job(resolve_path(p), kind) for p in paths]
+    names = [j.entry["folder"] for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two inputs convert to the same component folder ({names}); pass each upsampler once")
+
+    loras = [read_lora(resolve_path(p), s) for p, s in opts.loras]
+    distilled = read_lora(resolve_path(opts.distilled_lora[0]), opts.distilled_lora[1]) if opts.distilled_lora else None
+    unmatched = []
+    for job in jobs:
+        if job.component.name == "transformer":
+            job.loras = loras
+            dense = _check_job(job, dtype)
+            unmatched = _check_loras(loras + ([distilled] if distilled else []), dense)
+        plan = opts.quantize.get(job.component.name)
+        if plan is not None or job.component.name != "transformer":
+            _quantize_job(job, plan)
+            _check_job(job, dtype)
+    return Conversion(config, version, sf.path, jobs, loras, distilled, unmatched, gemma_folder)
+
+
+def write_conversion(conv: Conversion, mlx_path: str, options: ConvertOptions | None = None) -> Path:
+    """Stream a planned conversion into `mlx_path` (a temporary folder renamed at the end)."""
+    opts = options or ConvertOptions()
+    dtype, out = DTYPES[opts.dtype], Path(mlx_path)
+    ensure_free_space(out, int(conv.output_bytes * 1.02) + (64 << 20))
+    if conv.unmatched_lora_modules:
+        print(f"ltx-mlx convert: {len(conv.unmatched_lora_modules)} LoRA modules match no transformer weight and "
+              f"are ignored (first: {conv.unmatched_lora_modules[0]})")
+    with atomic_output_dir(out, force=opts.force) as tmp:
+        bar = tqdm(total=sum(j.out_bytes for j in conv.jobs), unit="B", unit_scale=True, disable=not opts.progress,
+                   desc="converting")
+        for job in conv.jobs:
+            bar.set_postfix_str(job.entry["folder"])
+            write_component(tmp / job.entry["folder"], _stream(job, dtype, bar, opts.max_shard_bytes),
+                            opts.max_shard_bytes)
+            job.model = None  # the lazy model graph is no longer needed
+        bar.close()
+        gemma = next((j for j in conv.jobs if j.component.name == "gemma"), None)
+        if gemma is not None:
+            _copy_gemma_files(conv.gemma_folder, tmp / "gemma", gemma.entry.get("quantization"))
+        if conv.distilled is not None:
+            _write_lora(tmp / "distilled_lora", conv.distilled)
+        (tmp / CONFIG_NAME).write_text(json.dumps(_folder_config(conv, opts), indent=1))
+    return out
+
+
 def convert(checkpoint_path: str, mlx_path: str, gemma_root: str | None = None,
             spatial_upsampler_paths: tuple[str, ...] = (), temporal_upsampler_paths: tuple[str, ...] = (),
             options: ConvertOptions | None = None) -> Path:
@@ -340,65 +426,10 @@ def convert(checkpoint_path: str, mlx_path: str, gemma_root: str | None = None,
     error (or interruption) nothing is left at `mlx_path`.
     """
     opts = options or ConvertOptions()
-    if opts.dtype not in DTYPES:
-        raise ValueError(f"dtype {opts.dtype!r} is not one of {', '.join(DTYPES)}")
-    dtype = DTYPES[opts.dtype]
-    out = Path(mlx_path)
-    if out.exists() and not opts.force:
-        raise FileExistsError(f"{out} already exists; choose another --mlx-path or pass --force to replace it")
-    unknown = set(opts.quantize) - set(QUANTIZABLE)
-    if unknown:
-        raise ValueError(f"cannot quantize {sorted(unknown)}: only {', '.join(QUANTIZABLE)} are quantizable")
-
-    sf, config, version = read_checkpoint(resolve_path(checkpoint_path))
-    gemma_folder = Path(resolve_path(gemma_root)) if gemma_root else None
-    gemma_job = _gemma_job(str(gemma_folder)) if gemma_folder else None
-    jobs = _checkpoint_jobs(sf, config, gemma_job.model.config if gemma_job else None, opts.dtype)
-    if gemma_job:
-        jobs.append(gemma_job)
-    for kind, paths in (("spatial_upsampler", spatial_upsampler_paths), ("temporal_upsampler", temporal_upsampler_paths)):
-        for p in paths:
-            jobs.append(_upsampler_job(resolve_path(p), kind))
-    names = [j.entry["folder"] for j in jobs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"two inputs convert to the same component folder ({names}); pass each upsampler once")
-
-    loras = [read_lora(resolve_path(p), s) for p, s in opts.loras]
-    distilled = read_lora(resolve_path(opts.distilled_lora[0]), opts.distilled_lora[1]) if opts.distilled_lora else None
-    transformer_job = next(j for j in jobs if j.component.name == "transformer")
-    transformer_job.loras = loras
-
-    unmatched = []
-    for job in jobs:
-        dense = _check_job(job, dtype) if job.component.name == "transformer" else None
-        if dense is not None:
-            unmatched = _check_loras(loras + ([distilled] if distilled else []), dense, {})
-        _quantize_job(job, opts.quantize.get(job.component.name))
-        if job.quantized or dense is None:
-            _check_job(job, dtype)
-    needed = sum(j.out_bytes for j in jobs) + (sum(a.nbytes + b.nbytes for a, b in distilled.pairs.values())
-                                                if distilled else 0)
-    ensure_free_space(out, int(needed * 1.02) + (64 << 20))
-    if unmatched:
-        print(f"ltx-mlx convert: {len(unmatched)} LoRA modules match no transformer weight and are ignored "
-              f"(first: {unmatched[0]})")
-
-    with atomic_output_dir(out, force=opts.force) as tmp:
-        bar = tqdm(total=sum(j.out_bytes for j in jobs), unit="B", unit_scale=True, disable=not opts.progress,
-                   desc="converting")
-        for job in jobs:
-            bar.set_postfix_str(job.component.name)
-            write_component(tmp / job.entry["folder"], _stream(job, dtype, bar, opts.max_shard_bytes),
-                            opts.max_shard_bytes)
-            job.model = None  # the lazy model graph is no longer needed
-        bar.close()
-        if gemma_job:
-            _copy_gemma_files(gemma_folder, tmp / "gemma", gemma_job.entry.get("quantization"))
-        if distilled:
-            _write_lora(tmp / "distilled_lora", distilled)
-        folder_config = _folder_config(config, version, opts, jobs, loras, distilled, sf.path)
-        (tmp / CONFIG_NAME).write_text(json.dumps(folder_config, indent=1))
-    return out
+    if Path(mlx_path).exists() and not opts.force:
+        raise FileExistsError(f"{mlx_path} already exists; choose another --mlx-path or pass --force to replace it")
+    conv = plan_conversion(checkpoint_path, gemma_root, spatial_upsampler_paths, temporal_upsampler_paths, opts)
+    return write_conversion(conv, mlx_path, opts)
 
 
 def _lora_record(lora: LoRA) -> dict:
@@ -408,25 +439,24 @@ def _lora_record(lora: LoRA) -> dict:
     return record
 
 
-def _folder_config(config: dict, version: str | None, opts: ConvertOptions, jobs: list[Job], loras: list[LoRA],
-                   distilled: LoRA | None, source: str) -> dict:
+def _folder_config(conv: Conversion, opts: ConvertOptions) -> dict:
     components = {}
     quantization = {}
-    for job in jobs:
+    for job in conv.jobs:
         entry = dict(job.entry)
         if "quantization" in entry:
             quantization[entry["folder"]] = entry.pop("quantization")
         components[entry["folder"]] = entry
-    if distilled is not None:
-        components["distilled_lora"] = {"kind": "lora", "folder": "distilled_lora", **_lora_record(distilled)}
+    if conv.distilled is not None:
+        components["distilled_lora"] = {"kind": "lora", "folder": "distilled_lora", **_lora_record(conv.distilled)}
     return {
         "format": FORMAT,
         "ltx_mlx_version": __version__,
-        "model_version": version,
+        "model_version": conv.model_version,
         "dtype": opts.dtype,
-        "config": config,
+        "config": conv.config,
         "components": components,
         "quantization": quantization,
-        "fused_loras": [_lora_record(lr) for lr in loras],
-        "source": {"checkpoint": os.path.basename(source), "bytes": os.path.getsize(source)},
+        "fused_loras": [_lora_record(lr) for lr in conv.loras],
+        "source": {"checkpoint": os.path.basename(conv.source), "bytes": os.path.getsize(conv.source)},
     }
