@@ -106,11 +106,11 @@ def test_bf16_fusion_matches_the_reference(setup, tmp_path):
     assert exact / total > 0.99
 
 
-def dequantized(p: dict, module: str) -> tuple[np.ndarray, np.ndarray]:
+def dequantized(p: dict, module: str, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """The layer's dense weights and each element's quantization step (its group's scale)."""
     w, s, bias = p[module + ".weight"], p[module + ".scales"], p.get(module + ".biases")
     step = np.repeat(np.abs(np.array(s)), 32, axis=1)
-    return np.array(mx.dequantize(w, s, bias, group_size=32, bits=8)), step
+    return np.array(mx.dequantize(w, s, bias, group_size=32, bits=bits)), step
 
 
 def test_quantized_fusion_within_quantization_error(setup, tmp_path):
@@ -184,3 +184,23 @@ def test_lora_errors(setup, tmp_path):
         ltx_mlx.load(folders["base32"]).transformer(loras=[stray])
     with pytest.raises(ValueError, match="transformer only"):
         ltx_mlx.load(folders["base32"]).load_component("vocoder", loras=[a])
+
+
+def test_fusion_at_load_into_mixed_precision_layers(setup, tmp_path):
+    tmp, ckpt, config, a, b, d, folders = setup
+    out = tmp_path / "mixed"
+    rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", out, "--dtype", "float32", "-q", "--q-bits", "4",
+                      "--q-group-size", "32", "--q-high-bits", "8", "--q-edge-blocks", "1")
+    assert rc == 0, err
+    loras = [(a, STRENGTHS[0]), (b, STRENGTHS[1])]
+    exact = params(ltx_mlx.load(folders["base32"], loras=loras).transformer())
+    base = params(ltx_mlx.load(out).transformer())
+    with pytest.warns(UserWarning):
+        fused = ltx_mlx.load(out, loras=loras).transformer()
+    layers = dict(fused.named_modules())
+    for m in A_MODULES + B_MODULES:
+        bits = 4 if m.startswith("transformer_blocks.1.") else 8  # each layer keeps its own settings
+        assert layers[m].bits == bits
+        got, step = dequantized(params(fused), m, bits)
+        _, base_step = dequantized(base, m, bits)
+        assert (np.abs(got - np.array(exact[m + ".weight"])) <= (step + base_step) * 1.001 + 1e-7).all(), m
