@@ -335,6 +335,11 @@ def test_inputs_from_the_hub_and_bad_flags(ltx23, tmp_path, monkeypatch):
     rc, err = run_cli("--checkpoint-path", "Lightricks/LTX-2.3/ltx-2.3-22b-dev.safetensors", "--mlx-path", tmp_path / "o")
     assert rc == 0, err
     assert asked == [("Lightricks/LTX-2.3", "ltx-2.3-22b-dev.safetensors")]
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("downloaded a whole repo"))
+    rc, err = run_cli("--checkpoint-path", "Lightricks/LTX-2.3", "--mlx-path", tmp_path / "o1")
+    assert_clean_failure(rc, err, tmp_path / "o1", "repo id", "Lightricks/LTX-2.3/<file>.safetensors")
+    rc, err = run_cli("--checkpoint-path", tmp_path, "--mlx-path", tmp_path / "o3")
+    assert_clean_failure(rc, err, tmp_path / "o3", "is a folder")
 
     for bad in (["--q-bits", "3"], ["--dtype", "float64"], ["--distilled-lora", "a", "1", "2"]):
         with pytest.raises(SystemExit) as e:
