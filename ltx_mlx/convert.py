@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -198,8 +198,7 @@ def _quantize_job(job: Job, plan: QuantizationPlan | None):
     """Choose the quantized layers exactly as `quantize_model` does, on the (lazy) model itself."""
     if plan is None:
         return
-    plan = replace(plan, overrides={})
-    quantize_model(job.model, plan, job.component.quantizable)
+    plan = quantize_model(job.model, plan, job.component.quantizable)
     job.quantized = {p: (m.group_size, m.bits, m.mode) for p, m in job.model.named_modules()
                      if isinstance(m, nn.QuantizedLinear)}
     job.entry["quantization"] = plan.as_config()
