@@ -308,6 +308,35 @@ class ConditioningItemAttentionStrengthWrapper:
         return replace(new_state, attention_mask=mask)
 
 
+def _area_matrix(src: int, dst: int) -> np.ndarray:
+    """Rows average the source cells [floor(i·src/dst), ceil((i+1)·src/dst)) (torch's "area" resize)."""
+    m = np.zeros((dst, src), np.float32)
+    for i in range(dst):
+        lo, hi = (i * src) // dst, -((-(i + 1) * src) // dst)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def downsample_mask_to_latent(mask, frames: int, height: int, width: int) -> mx.array:
+    """IC-LoRA pixel attention mask `(B, F_pix, H_pix, W_pix)` in [0, 1] → per-token weights `(B, frames·h·w)`:
+    area-resized per frame, first frame kept, the rest averaged over groups of `(F_pix − 1)/(frames − 1)`."""
+    x = np.asarray(mask, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"The conditioning attention mask must be (B, frames, H, W), got shape {x.shape}.")
+    f_pix = x.shape[1]
+    x = _area_matrix(x.shape[2], height) @ x @ _area_matrix(x.shape[3], width).T
+    if f_pix > 1 and frames > 1:
+        if (f_pix - 1) % (frames - 1):
+            raise ValueError(f"A mask of {f_pix} frames does not map onto {frames} latent frames: "
+                             f"(frames − 1) must divide {f_pix - 1}.")
+        t = (f_pix - 1) // (frames - 1)
+        rest = x[:, 1:].reshape(x.shape[0], frames - 1, t, height, width).mean(axis=2)
+        x = np.concatenate([x[:, :1], rest], axis=1)
+    else:
+        x = x[:, :1]
+    return mx.array(x.reshape(x.shape[0], -1))
+
+
 @dataclass(frozen=True)
 class TemporalRegionMask:
     """Retake: mask 1 for tokens whose time span overlaps `[start_time, end_time)` seconds, 0 elsewhere."""

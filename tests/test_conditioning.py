@@ -218,3 +218,19 @@ def test_bad_conditioning_inputs(tmp_path):
     with pytest.raises(ValueError, match="strength"):
         c.check_image_conditionings([c.ImageConditioningInput(str(tmp_path / "a.png"), 0, -0.1)], 25)
     c.check_image_conditionings([c.ImageConditioningInput(str(tmp_path / "a.png"), 24, 0.0)], 25)
+
+
+@pytest.mark.parametrize("shape,latent", [((2, 17, 64, 96), (3, 2, 3)), ((1, 9, 50, 70), (2, 3, 4)),
+                                          ((1, 1, 40, 40), (1, 3, 3))])
+def test_ic_lora_mask_downsampling(shape, latent):
+    from ltx_pipelines.ic_lora import ICLoraPipeline
+
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(9))
+    theirs = ICLoraPipeline._downsample_mask_to_latent(mask[:, None], VideoLatentShape(shape[0], C, *latent))
+    ours = c.downsample_mask_to_latent(mask.numpy(), *latent)
+    assert tuple(ours.shape) == tuple(theirs.shape)
+    err = float(np.abs(np.array(ours) - theirs.numpy()).max())
+    print(f"IC-LoRA mask {shape} -> {latent}: max |diff| {err:.2e}")
+    assert err <= 1e-6
+    with pytest.raises(ValueError, match="latent frames"):
+        c.downsample_mask_to_latent(np.zeros((1, 11, 8, 8)), 4, 1, 1)

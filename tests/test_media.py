@@ -5,6 +5,7 @@ import os
 from fractions import Fraction
 
 import av
+import mlx.core as mx
 import numpy as np
 import pytest
 import torch
@@ -100,10 +101,22 @@ def test_write_mp4_decodes_back(tmp_path, fps):
     video = np.random.default_rng(2).integers(0, 256, (frames_n, h, w, 3)).astype(np.uint8)
     seconds = frames_n / float(fps)
     audio = _tone(round(seconds * sr), sr)
-    chunks = (video[i:i + 5] for i in range(0, frames_n, 5))
+    class Progress:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    progress, encoded_before_next = Progress(), []
+
+    def chunks():  # streamed: each chunk is encoded before the next one is asked for
+        for i in range(0, frames_n, 5):
+            yield mx.array(video[i:i + 5]) if fps == 25 else video[i:i + 5]
+            encoded_before_next.append(progress.n)
+
     path = tmp_path / "out.mp4"
-    assert media.write_mp4(path, chunks, fps, audio, sr) == frames_n
-    assert os.listdir(tmp_path) == ["out.mp4"]
+    assert media.write_mp4(path, chunks(), fps, audio, sr, progress=progress) == frames_n
+    assert os.listdir(tmp_path) == ["out.mp4"] and encoded_before_next == [5, 10, 15, 17]
     with av.open(str(path)) as c:
         v, a = c.streams.video[0], c.streams.audio[0]
         count = sum(1 for _ in c.decode(v))
