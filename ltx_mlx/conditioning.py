@@ -207,12 +207,12 @@ def _check_strength(strength: float) -> float:
     return strength
 
 
-def _append(state: LatentState, tools: VideoLatentTools, tokens: mx.array, positions: mx.array, strength: float,
-            attention_mask=None) -> LatentState:
+def _append(state: LatentState, tools: VideoLatentTools, tokens: mx.array, positions: mx.array,
+            strength: float) -> LatentState:
     """Append tokens at the end; their mask `1 − strength` is rounded to the latent dtype first, as the
     reference builds it in that dtype. Concatenation promotes (bf16 positions + fp32 → fp32)."""
     mask = mx.full((*tokens.shape[:2], 1), 1.0 - strength, dtype=tokens.dtype)
-    new_attention = update_attention_mask(state, attention_mask, tools.token_count, tokens.shape[1], tokens.shape[0],
+    new_attention = update_attention_mask(state, None, tools.token_count, tokens.shape[1], tokens.shape[0],
                                           tokens.dtype)
     return LatentState(
         latent=mx.concatenate([state.latent, tokens], axis=1),

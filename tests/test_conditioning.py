@@ -234,3 +234,28 @@ def test_ic_lora_mask_downsampling(shape, latent):
     assert err <= 1e-6
     with pytest.raises(ValueError, match="latent frames"):
         c.downsample_mask_to_latent(np.zeros((1, 11, 8, 8)), 4, 1, 1)
+
+
+def test_conditioned_tokens_survive_the_sampler():
+    """Our states drive ltx_mlx.diffusion: strength-1 tokens stay exactly clean through noise and Euler steps."""
+    from ltx_mlx.diffusion import DISTILLED_SIGMA_VALUES, GaussianNoiser, euler_denoising_loop
+
+    tools = c.VideoLatentTools(1, C, F, H, W, 24.0)
+    audio_tools = c.AudioLatentTools(1, 8, 7, 16)
+    image, key = mx.random.normal((1, 1, H, W, C)), mx.random.normal((1, 1, H, W, C))
+    items = [c.VideoConditionByLatentIndex(image, 1.0, 0), c.VideoConditionByKeyframeIndex(key, 16, 1.0)]
+    noiser = GaussianNoiser(0)
+    video = noiser(c.apply_conditionings(tools.create_initial_state(), items, tools))
+    audio = noiser(audio_tools.create_initial_state())
+
+    def denoise(v, a, sigmas, i):
+        return mx.random.normal(v.latent.shape), mx.random.normal(a.latent.shape)
+
+    for video, audio in euler_denoising_loop(DISTILLED_SIGMA_VALUES, video, audio, denoise):
+        mx.eval(video.latent, audio.latent)
+    n, per_frame = tools.token_count, H * W
+    np.testing.assert_array_equal(np.array(video.latent[:, n:]), np.array(key.reshape(1, -1, C)))
+    out = tools.unpatchify(tools.clear_conditioning(video).latent)
+    assert out.shape == (1, F, H, W, C)
+    np.testing.assert_array_equal(np.array(out[:, :1]), np.array(image))
+    assert float(mx.abs(video.latent[:, per_frame:n]).max()) > 0
