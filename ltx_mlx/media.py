@@ -66,7 +66,8 @@ def decode_image(path) -> np.ndarray:
                 return _jpeg_to_rgb(frame)
             return frame.to_ndarray(format="rgb24")
     except (av.FFmpegError, StopIteration, ValueError) as e:
-        raise ValueError(f"Could not read an image from {os.fspath(path)!r} ({e}); use a PNG, JPEG or video file.") from e
+        raise ValueError(f"Could not read an image from {os.fspath(path)!r} ({e}); "
+                         "use a PNG, JPEG or video file.") from e
 
 
 # JPEG colour as libjpeg (the reference reads images with Pillow): "fancy" triangle-filter chroma upsampling

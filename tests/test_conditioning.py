@@ -56,7 +56,8 @@ def test_initial_video_state(dtype, fps):
     ours, theirs, tools, ref_tools = _states(dtype, fps)
     _assert_same(ours, theirs)
     z, zt = _latent((B, C, F, H, W), 1)
-    _assert_same(tools.create_initial_state(DTYPES[dtype], z), ref_tools.create_initial_state("cpu", dtype, zt.to(dtype)))
+    _assert_same(tools.create_initial_state(DTYPES[dtype], z),
+                 ref_tools.create_initial_state("cpu", dtype, zt.to(dtype)))
     with pytest.raises(ValueError, match="initial video latent"):
         tools.create_initial_state(mx.float32, mx.zeros((B, F, H, W + 1, C)))
 
@@ -119,12 +120,14 @@ def test_reference_video_and_attention_masks(downscale, dtype):
     m = 2 * H * W
     per_token = torch.rand(m, generator=torch.Generator().manual_seed(4))
     per_batch = torch.rand(1, H * W, generator=torch.Generator().manual_seed(5))
-    steps = [  # (ours, reference): ref video with a (M,) mask, keyframe (mask extended with 1s), ref with (1, M), scalar
+    # (ours, reference): ref video with a (M,) mask, keyframe (mask extended with 1s), ref with (1, M), scalar
+    steps = [
         (c.ConditioningItemAttentionStrengthWrapper(c.VideoConditionByReferenceLatent(z1.astype(md), downscale, 0.9),
                                                     mx.array(per_token.numpy())),
          rc.ConditioningItemAttentionStrengthWrapper(rc.VideoConditionByReferenceLatent(t1.to(dtype), downscale, 0.9),
                                                      per_token)),
-        (c.VideoConditionByKeyframeIndex(z2.astype(md), 9, 0.6), rc.VideoConditionByKeyframeIndex(t2.to(dtype), 9, 0.6)),
+        (c.VideoConditionByKeyframeIndex(z2.astype(md), 9, 0.6),
+         rc.VideoConditionByKeyframeIndex(t2.to(dtype), 9, 0.6)),
         (c.ConditioningItemAttentionStrengthWrapper(c.VideoConditionByReferenceLatent(z3.astype(md), downscale),
                                                     mx.array(per_batch.numpy())),
          rc.ConditioningItemAttentionStrengthWrapper(rc.VideoConditionByReferenceLatent(t3.to(dtype), downscale),
@@ -157,7 +160,8 @@ def test_retake_masks(start, end, fps):
     ours, theirs = tools.create_initial_state(), ref_tools.create_initial_state("cpu", torch.float32)
     _assert_same(c.TemporalRegionMask(start, end, fps).apply_to(ours, tools),
                  RefTemporalRegionMask(start, end, fps).apply_to(theirs, ref_tools))
-    audio, ref_audio = c.AudioLatentTools(B, 8, 20, 16), RefAudioTools(AudioPatchifier(1), AudioLatentShape(B, 8, 20, 16))
+    audio = c.AudioLatentTools(B, 8, 20, 16)
+    ref_audio = RefAudioTools(AudioPatchifier(1), AudioLatentShape(B, 8, 20, 16))
     a, ta = audio.create_initial_state(), ref_audio.create_initial_state("cpu", torch.float32)
     masked = c.TemporalRegionMask(start, end, fps).apply_to(a, audio)
     _assert_same(masked, RefTemporalRegionMask(start, end, fps).apply_to(ta, ref_audio))

@@ -92,7 +92,8 @@ def test_bad_images_raise(tmp_path):
 
 def _tone(n, sr, channels=2):
     t = np.arange(n) / sr
-    return np.stack([0.4 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 660 * t)])[:channels].astype(np.float32)
+    tone = np.stack([0.4 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 660 * t)])
+    return tone[:channels].astype(np.float32)
 
 
 @pytest.mark.parametrize("fps", [Fraction(24000, 1001), 24000 / 1001, 25, 30.0])
