@@ -7,6 +7,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
+from mlx.utils import tree_flatten
 from ltx_core.model.transformer import LTXModelConfigurator, X0Model as RefX0Model
 from ltx_core.model.transformer import timestep_embedding
 from safetensors.torch import save_file
@@ -157,27 +158,31 @@ def test_side_keys_are_left_for_their_components(tiny):
     assert not any("connector" in k for k in parameter_shapes(model))
 
 
-@pytest.mark.parametrize("scaled", [False, True])
-def test_fp8_checkpoints_load_dequantised(tiny, tmp_path, scaled):
+@pytest.mark.parametrize("kind", ["fp8", "fp8-scaled", "bf16", "fp16"])
+def test_low_precision_checkpoints_load_dequantised(tiny, tmp_path, kind):
+    """fp8 (float8_e4m3fn) linear weights with and without per-tensor weight_scale, and bf16 / fp16 files."""
     cfg, ref, _ = tiny
     tensors = _tensors(ref)
     expected = {}
     for k, v in list(tensors.items()):
-        if ".transformer_blocks." in k and k.endswith(("to_q.weight", "to_v.weight", "ff.net.2.weight")):
-            scale = v.abs().max() / 448.0 if scaled else torch.tensor(1.0)
+        if kind in ("bf16", "fp16"):
+            tensors[k] = v.to(torch.bfloat16 if kind == "bf16" else torch.float16)
+            expected[k] = tensors[k].float()
+        elif ".transformer_blocks." in k and k.endswith(("to_q.weight", "to_v.weight", "ff.net.2.weight")):
+            scale = v.abs().max() / 448.0 if kind == "fp8-scaled" else torch.tensor(1.0)
             q = (v / scale).to(torch.float8_e4m3fn)
             tensors[k] = q
             expected[k] = q.float() * scale
-            if scaled:
+            if kind == "fp8-scaled":
                 tensors[k + "_scale"] = scale.reshape(())
                 tensors[k.replace(".weight", ".input_scale")] = torch.tensor(0.5)
-    model = load_transformer(_save(tmp_path / "fp8.safetensors", tensors, cfg))
-    params = dict(__import__("mlx.utils", fromlist=["tree_flatten"]).tree_flatten(model.parameters()))
+    model = load_transformer(_save(tmp_path / f"{kind}.safetensors", tensors, cfg))
+    params = dict(tree_flatten(model.parameters()))
     assert len(expected) > 10
     for k, want in expected.items():
         got = np.array(params[k[len("model.diffusion_model."):]])
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=0, err_msg=k)
-    assert np.abs(got - ref.state_dict()[k[len("model.diffusion_model."):]].numpy()).max() > 0  # really quantised
+    assert np.abs(got - ref.state_dict()[k[len("model.diffusion_model."):]].numpy()).max() > 0  # really rounded
 
 
 def test_bad_calls_raise_clear_errors(tiny):

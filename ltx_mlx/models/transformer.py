@@ -166,12 +166,12 @@ class Perturbations:
     def skipped(self, skip: Skip, block: int) -> list[bool]:
         return [any(p.applies(skip, block) for p in ps) for ps in self.per_sample]
 
-    def keep_mask(self, skip: Skip, block: int, dtype) -> tuple[bool, bool, mx.array | None]:
-        """(none skipped, all skipped, `(B, 1, 1)` keep mask when mixed)."""
+    def keep_mask(self, skip: Skip, block: int, dtype) -> tuple[bool, mx.array | None]:
+        """(every sample skips, `(B, 1, 1)` 0/1 keep mask when only some do)."""
         flags = self.skipped(skip, block)
         if not any(flags) or all(flags):
-            return not any(flags), all(flags), None
-        return False, False, mx.array([0.0 if f else 1.0 for f in flags], dtype=dtype)[:, None, None]
+            return all(flags), None
+        return False, mx.array([0.0 if f else 1.0 for f in flags], dtype=dtype)[:, None, None]
 
 
 # ---------------------------------------------------------------------------------------------- modules
@@ -387,14 +387,14 @@ class TransformerBlock(nn.Module):
     def _self_and_text(self, s: StreamArgs, attn1, attn2, table, prompt_table, skip: Skip, perturbations):
         x = s.x
         shift, scale, gate = _ada(table, s.timesteps, slice(0, 3))
-        none, every, keep = perturbations.keep_mask(skip, self.idx, x.dtype)
+        every, keep = perturbations.keep_mask(skip, self.idx, x.dtype)
         h = attn1(modulate(rms(x, self.eps), scale, shift), pe=s.pe, mask=s.self_attention_mask,
                   keep=keep, passthrough=every)
         x = gated_residual(x, h, gate)
         if self.cross_attention_adaln:
             shift_q, scale_q, gate_q = _ada(table, s.timesteps, slice(6, 9))
             shift_kv, scale_kv = _ada(prompt_table, s.prompt_timestep, slice(0, 2))
-            context = s.context * (1 + scale_kv) + shift_kv
+            context = modulate(s.context, scale_kv, shift_kv)
             x = gated_residual(x, attn2(modulate(rms(x, self.eps), scale_q, shift_q), context, s.context_mask), gate_q)
         else:
             x = x + attn2(rms(x, self.eps), s.context, s.context_mask)
@@ -429,14 +429,14 @@ class TransformerBlock(nn.Module):
         if run_a2v or run_v2a:
             # both directions read the states after text cross-attention; A→V runs first
             vn, an = rms(vx, self.eps), rms(ax, self.eps)
-            _, skip_all, _ = perturbations.keep_mask(Skip.A2V_CROSS_ATTN, self.idx, vx.dtype)
+            skip_all, _ = perturbations.keep_mask(Skip.A2V_CROSS_ATTN, self.idx, vx.dtype)
             if run_a2v and not skip_all:
                 v_scale, v_shift, v_gate = self._av_values(self.scale_shift_table_a2v_ca_video, video, slice(0, 2))
                 a_scale, a_shift, _ = self._av_values(self.scale_shift_table_a2v_ca_audio, audio, slice(0, 2))
                 h = self.audio_to_video_attn(modulate(vn, v_scale, v_shift), modulate(an, a_scale, a_shift),
                                              pe=video.cross_pe, k_pe=audio.cross_pe)
                 vx = self._gated(vx, h, v_gate, Skip.A2V_CROSS_ATTN, perturbations)
-            _, skip_all, _ = perturbations.keep_mask(Skip.V2A_CROSS_ATTN, self.idx, ax.dtype)
+            skip_all, _ = perturbations.keep_mask(Skip.V2A_CROSS_ATTN, self.idx, ax.dtype)
             if run_v2a and not skip_all:
                 a_scale, a_shift, a_gate = self._av_values(self.scale_shift_table_a2v_ca_audio, audio, slice(2, 4))
                 v_scale, v_shift, _ = self._av_values(self.scale_shift_table_a2v_ca_video, video, slice(2, 4))
@@ -451,7 +451,7 @@ class TransformerBlock(nn.Module):
         return vx, ax
 
     def _gated(self, x, h, gate, skip: Skip, perturbations: Perturbations):
-        _, _, keep = perturbations.keep_mask(skip, self.idx, h.dtype)
+        _, keep = perturbations.keep_mask(skip, self.idx, h.dtype)
         return gated_residual(x, h, gate) if keep is None else x + h * gate * keep
 
 
