@@ -32,5 +32,7 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
 fi
 
 export PYTHONUNBUFFERED=1
+# torch's OpenMP threads otherwise spin-wait and starve MLX on a 2-core machine
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 if [ -n "$BLAS" ]; then export LD_PRELOAD="$BLAS${LD_PRELOAD:+:$LD_PRELOAD}"; fi
 exec "$VENV/bin/python" -m pytest "$@"
