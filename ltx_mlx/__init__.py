@@ -1,3 +1,12 @@
 """ltx-mlx: Lightricks' LTX-2 / LTX-2.3 audio+video diffusion models, ported to MLX."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # `ltx_mlx.load` pulls in MLX and every model file: only when asked for.
+    if name in ("load", "LTXModelBundle"):
+        from . import bundle
+
+        return getattr(bundle, name)
+    raise AttributeError(f"module 'ltx_mlx' has no attribute {name!r}")

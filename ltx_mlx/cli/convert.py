@@ -1,12 +1,93 @@
-"""`convert.py` / `ltx-mlx-convert`: official checkpoints → an MLX model folder. Not available yet."""
+"""`convert.py` / `ltx-mlx-convert`: official LTX-2 / LTX-2.3 files → an MLX model folder.
 
+    python convert.py --checkpoint-path ltx-2.3-22b-dev.safetensors --gemma-root gemma-3-12b \\
+        --spatial-upsampler-path ltx-2.3-spatial-upscaler-x2-1.0.safetensors \\
+        --distilled-lora ltx-2.3-22b-distilled-lora-384.safetensors 0.8 --mlx-path ltx-2.3-mlx -q
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+
+from ..convert import DTYPES, QUANTIZABLE, ConvertOptions, convert, quantization_plans
+from ..quantize import MODES
+
+
+class PathAndStrength(argparse.Action):
+    """`PATH [STRENGTH]` (strength 1.0 when omitted), as the official pipelines take LoRAs."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            raise argparse.ArgumentError(self, f"takes PATH and an optional STRENGTH, got {len(values)} values")
+        try:
+            strength = float(values[1]) if len(values) == 2 else 1.0
+        except ValueError:
+            raise argparse.ArgumentError(self, f"STRENGTH must be a number, got {values[1]!r}") from None
+        item = (values[0], strength)
+        if self.dest == "distilled_lora":
+            setattr(namespace, self.dest, item)
+        else:
+            setattr(namespace, self.dest, (getattr(namespace, self.dest) or []) + [item])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="convert.py", description="Convert official LTX-2 / LTX-2.3 files into an MLX "
+                                "model folder. Every input may also be a Hugging Face repo id (owner/name/file).")
+    p.add_argument("--checkpoint-path", required=True, help="official single-file checkpoint (.safetensors)")
+    p.add_argument("--gemma-root", help="Gemma-3 folder (google/gemma-3-12b-it-qat-q4_0-unquantized)")
+    p.add_argument("--spatial-upsampler-path", action="append", default=[], help="spatial latent upsampler (repeatable)")
+    p.add_argument("--temporal-upsampler-path", action="append", default=[], help="temporal latent upsampler")
+    p.add_argument("--distilled-lora", nargs="+", action=PathAndStrength, metavar=("PATH", "STRENGTH"),
+                   help="distilled LoRA, stored as its own component for the two-stage pipelines (strength 1.0)")
+    p.add_argument("--lora", nargs="+", action=PathAndStrength, default=[], metavar=("PATH", "STRENGTH"),
+                   help="LoRA fused into the transformer's weights now (repeatable)")
+    p.add_argument("--mlx-path", default="mlx_model", help="output folder (default: mlx_model)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="bfloat16", help="weights dtype (default: bfloat16)")
+    p.add_argument("-q", "--quantize", action="store_true", help="quantize the transformer blocks and Gemma's layers")
+    p.add_argument("--q-bits", type=int, choices=(4, 8), default=4, help="bits per weight (default: 4)")
+    p.add_argument("--q-group-size", type=int, choices=(32, 64, 128), default=64, help="group size (default: 64)")
+    p.add_argument("--q-mode", choices=MODES, default="affine", help="quantization mode (default: affine)")
+    p.add_argument("--quantize-components", nargs="+", choices=QUANTIZABLE, default=list(QUANTIZABLE),
+                   help="which components -q quantizes (default: transformer gemma)")
+    p.add_argument("--transformer-q-bits", type=int, choices=(4, 8), help="bits for the transformer (default: --q-bits)")
+    p.add_argument("--gemma-q-bits", type=int, choices=(4, 8), help="bits for Gemma (default: --q-bits)")
+    p.add_argument("--q-high-bits", type=int, choices=(4, 8), help="mixed precision: bits for the first/last blocks")
+    p.add_argument("--q-edge-blocks", type=int, default=2,
+                   help="mixed precision: how many first and last blocks get --q-high-bits (default: 2)")
+    p.add_argument("--force", action="store_true", help="replace an existing --mlx-path")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> ConvertOptions:
+    plans = {}
+    if args.quantize:
+        plans = quantization_plans(args.q_bits, args.q_group_size, args.q_mode, args.quantize_components,
+                                   args.q_high_bits, args.q_edge_blocks,
+                                   {"transformer": args.transformer_q_bits or args.q_bits,
+                                    "gemma": args.gemma_q_bits or args.q_bits})
+    elif args.q_high_bits or args.transformer_q_bits or args.gemma_q_bits:
+        raise ValueError("--q-high-bits / --transformer-q-bits / --gemma-q-bits need -q/--quantize")
+    return ConvertOptions(dtype=args.dtype, quantize=plans, loras=list(args.lora), distilled_lora=args.distilled_lora,
+                          force=args.force, progress=not args.quiet)
 
 
 def main(argv=None) -> int:
-    print("ltx-mlx: conversion is not available yet — the model components are being ported first "
-          "(see README.md, 'Status').", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        options = options_from_args(args)
+        out = convert(args.checkpoint_path, args.mlx_path, args.gemma_root, tuple(args.spatial_upsampler_path),
+                      tuple(args.temporal_upsampler_path), options)
+    except KeyboardInterrupt:
+        print("convert.py: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # CheckpointError and FileExistsError included
+        message = " ".join(str(e).split())
+        print(f"convert.py: error: {message}", file=sys.stderr)
+        return 1
+    print(f"converted to {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,262 @@
+"""`ltx_mlx.load`: a converted model folder (or an official checkpoint, converted once into a cache) whose
+components are built on demand and can be freed one by one.
+
+    model = ltx_mlx.load("path/to/ltx-2.3-mlx")          # or "owner/repo", or "ltx-2.3-22b-dev.safetensors"
+    dit = model.transformer()                             # LTXModel, LoRAs given to `load` fused in memory
+    refine = model.transformer(loras=[model.distilled_lora()])
+    model.free("transformer")
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .checkpoint import CheckpointError, load_strict
+from .components import build
+from .convert import CONFIG_NAME, FORMAT, ConvertOptions, convert
+from .lora import LoRA, fuse_loras, read_lora
+from .model_folder import read_component, resolve_path
+from .models.gemma3 import read_gemma_config
+from .quantize import QuantizationPlan, quantize_like_saved
+
+LoRASpec = LoRA | str | os.PathLike | tuple
+
+
+def as_lora(spec: LoRASpec) -> LoRA:
+    """A LoRA object from a LoRA, a path / repo id, or (path, strength)."""
+    if isinstance(spec, LoRA):
+        return spec
+    if isinstance(spec, tuple):
+        path, strength = spec
+        return read_lora(resolve_path(os.fspath(path)), float(strength))
+    return read_lora(resolve_path(os.fspath(spec)), 1.0)
+
+
+def _lora_layer_settings(qconfig: dict | None, module: str) -> dict | None:
+    if not qconfig:
+        return None
+    override = qconfig.get(module)
+    if isinstance(override, dict):
+        return override
+    return {k: qconfig[k] for k in ("group_size", "bits", "mode") if k in qconfig}
+
+
+def fuse_into(weights: dict[str, mx.array], loras: list[LoRA], qconfig: dict | None) -> list[str]:
+    """Fuse LoRAs into converted transformer weights (dense or quantized, each layer with its own settings)."""
+    unmatched = [f"{os.path.basename(lr.path)}: {m}" for lr in loras for m in lr.pairs if m + ".weight" not in weights]
+    if loras and len(unmatched) == sum(len(lr.pairs) for lr in loras):
+        raise CheckpointError("none of the LoRA modules exist in this transformer: is it a LoRA for another model? "
+                              f"(first: {unmatched[0]})")
+    modules = sorted({m for lr in loras for m in lr.pairs if m + ".weight" in weights})
+    for module in modules:
+        hits = [LoRA(lr.path, lr.strength, {module: lr.pairs[module]}) for lr in loras if module in lr.pairs]
+        part = {k: weights[k] for k in (module + s for s in (".weight", ".scales", ".biases")) if k in weights}
+        fuse_loras(part, hits, quantization=_lora_layer_settings(qconfig, module) if module + ".scales" in part else None)
+        weights.update(part)
+    return unmatched
+
+
+class LTXModelBundle:
+    """The components of one converted LTX model; each is built when first asked for and kept until freed."""
+
+    def __init__(self, folder: str | os.PathLike, loras: Iterable[LoRASpec] = ()):
+        self.folder = Path(folder)
+        path = self.folder / CONFIG_NAME
+        if not path.is_file():
+            raise CheckpointError(f"{self.folder} is not a converted ltx-mlx model (no {CONFIG_NAME}); convert the "
+                                  "official checkpoint with convert.py, or pass the .safetensors file itself")
+        try:
+            self.config = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e}); convert the model again") from None
+        if self.config.get("format") != FORMAT or "components" not in self.config:
+            raise CheckpointError(f"{path} is not an ltx-mlx model config (format {self.config.get('format')!r}); "
+                                  "convert the model with convert.py")
+        self.loras = [as_lora(x) for x in loras]
+        self._loaded: dict[tuple, nn.Module] = {}
+
+    @property
+    def model_version(self) -> str | None:
+        return self.config.get("model_version")
+
+    @property
+    def dtype(self) -> str:
+        return self.config["dtype"]
+
+    @property
+    def components(self) -> list[str]:
+        return list(self.config["components"])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.config["components"]
+
+    def _entry(self, name: str) -> dict:
+        entry = self.config["components"].get(name)
+        if entry is None:
+            raise CheckpointError(f"this converted model has no {name} (it has: {', '.join(self.components)}); "
+                                  f"convert again with the input that provides it")
+        return entry
+
+    def load_component(self, name: str, loras: Iterable[LoRASpec] = ()) -> nn.Module:
+        """Build one component fresh (not cached): config → model → quantize like saved → LoRAs → strict load."""
+        entry = self._entry(name)
+        kind = entry["kind"]
+        if kind == "lora":
+            raise ValueError(f"{name} is a LoRA, not a model: use distilled_lora()")
+        gemma_cfg = read_gemma_config(self.folder / entry["folder"]) if kind == "gemma" else None
+        model = build(kind, self.config["config"], gemma_config=gemma_cfg, text_dims=entry.get("dims"),
+                      upsampler_config=entry.get("config"))
+        weights = read_component(self.folder / entry["folder"])
+        qconfig = self.config.get("quantization", {}).get(name)
+        quantize_like_saved(model, weights, qconfig)
+        loras = [as_lora(x) for x in loras]
+        if loras:
+            if kind != "transformer":
+                raise ValueError(f"LoRAs apply to the transformer only, not to the {name}")
+            unmatched = fuse_into(weights, loras, qconfig)
+            if unmatched:
+                warnings.warn(f"{len(unmatched)} LoRA modules match no transformer weight and are ignored "
+                              f"(first: {unmatched[0]})", stacklevel=2)
+        load_strict(model, weights, f"{name} ({self.folder})")
+        model.eval()
+        mx.eval(model.parameters())
+        return model
+
+    def get(self, name: str, loras: Iterable[LoRASpec] | None = None) -> nn.Module:
+        """The component `name`, built once and cached (the transformer per set of LoRAs)."""
+        loras = [as_lora(x) for x in (self.loras if loras is None and name == "transformer" else loras or ())]
+        key = (name, tuple((lr.path, lr.strength) for lr in loras))
+        if key not in self._loaded:
+            self._loaded[key] = self.load_component(name, loras)
+        return self._loaded[key]
+
+    def transformer(self, loras: Iterable[LoRASpec] | None = None) -> nn.Module:
+        return self.get("transformer", loras)
+
+    def text_projection(self) -> nn.Module:
+        return self.get("text_projection")
+
+    def gemma(self) -> nn.Module:
+        return self.get("gemma")
+
+    def video_encoder(self) -> nn.Module:
+        return self.get("video_encoder")
+
+    def video_decoder(self) -> nn.Module:
+        return self.get("video_decoder")
+
+    def audio_encoder(self) -> nn.Module:
+        return self.get("audio_encoder")
+
+    def audio_decoder(self) -> nn.Module:
+        return self.get("audio_decoder")
+
+    def vocoder(self) -> nn.Module:
+        return self.get("vocoder")
+
+    def upsamplers(self, kind: str = "spatial_upsampler") -> list[str]:
+        return [n for n, e in self.config["components"].items() if e["kind"] == kind]
+
+    def spatial_upsampler(self, name: str | None = None) -> nn.Module:
+        return self.get(name or self._only("spatial_upsampler"))
+
+    def temporal_upsampler(self, name: str | None = None) -> nn.Module:
+        return self.get(name or self._only("temporal_upsampler"))
+
+    def _only(self, kind: str) -> str:
+        names = self.upsamplers(kind)
+        if len(names) != 1:
+            raise CheckpointError(f"this converted model has {len(names)} {kind.replace('_', ' ')}s "
+                                  f"({', '.join(names) or 'none'}); name the one you want")
+        return names[0]
+
+    def tokenizer(self, max_length: int | None = None):
+        from .text_encoder import MAX_LENGTH, PromptTokenizer
+
+        folder = self.folder / self._entry("gemma")["folder"]
+        return PromptTokenizer(folder, max_length or MAX_LENGTH, gemma_config=read_gemma_config(folder))
+
+    def text_encoder(self, max_length: int | None = None):
+        """Tokenizer + Gemma + text projection. Gemma is not cached here, so the encoder's `free_gemma` really
+        frees it; the projection is built when first used, so it need not share memory with Gemma."""
+        from .text_encoder import TextEncoder
+
+        return TextEncoder(self.load_component("gemma"), self.tokenizer(max_length), self.text_projection)
+
+    def distilled_lora(self, strength: float | None = None) -> LoRA:
+        """The distilled LoRA stored beside the base weights (the two-stage pipelines fuse it for stage 2)."""
+        entry = self._entry("distilled_lora")
+        folder = self.folder / entry["folder"]
+        tensors = read_component(folder)
+        pairs = {k[: -len(".lora_A.weight")]: (v, tensors[k[: -len("A.weight")] + "B.weight"])
+                 for k, v in tensors.items() if k.endswith(".lora_A.weight")}
+        metadata = {"reference_downscale_factor": str(entry["reference_downscale_factor"])} \
+            if "reference_downscale_factor" in entry else {}
+        return LoRA(str(folder), float(entry["strength"] if strength is None else strength), pairs, [], metadata)
+
+    def free(self, *names: str):
+        """Drop cached components (all when no name is given) and return their memory."""
+        for key in list(self._loaded):
+            if not names or key[0] in names:
+                del self._loaded[key]
+        gc.collect()
+        mx.clear_cache()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LTX_MLX_CACHE") or Path.home() / ".cache" / "ltx-mlx")
+
+
+def _identity(path: str) -> list:
+    p = Path(path).resolve()
+    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
+
+
+def cached_conversion(checkpoint: str, gemma_root: str | None = None, spatial_upsamplers=(), temporal_upsamplers=(),
+                      options: ConvertOptions | None = None) -> Path:
+    """The cache folder of an official checkpoint's conversion, converting it the first time."""
+    opts = options or ConvertOptions()
+    inputs = [checkpoint, gemma_root, *spatial_upsamplers, *temporal_upsamplers, *(p for p, _ in opts.loras),
+              *([opts.distilled_lora[0]] if opts.distilled_lora else [])]
+    settings = {"inputs": [_identity(p) if p else None for p in inputs], "dtype": opts.dtype,
+                "lora_strengths": [s for _, s in opts.loras], "distilled": opts.distilled_lora,
+                "quantize": {k: [v.bits, v.group_size, v.mode, v.high_bits, v.edge_blocks]
+                             for k, v in sorted(opts.quantize.items())}}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root() / f"{Path(checkpoint).stem}-{opts.dtype}-{digest}"
+    if not (folder / CONFIG_NAME).is_file():
+        opts.force = True  # a folder without config.json is a leftover, never a finished conversion
+        convert(checkpoint, str(folder), gemma_root, tuple(spatial_upsamplers), tuple(temporal_upsamplers), opts)
+    return folder
+
+
+def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gemma_root: str | None = None,
+         spatial_upsamplers: Iterable[str] = (), temporal_upsamplers: Iterable[str] = (), dtype: str = "bfloat16",
+         quantize: dict[str, QuantizationPlan] | None = None, progress: bool = True) -> LTXModelBundle:
+    """Open an LTX-2 / LTX-2.3 model for MLX.
+
+    `path_or_repo`: a converted folder, a Hugging Face repo id of one (`owner/name`), or an official
+    single-file checkpoint (local, or `owner/name/file.safetensors`) — converted once into
+    `~/.cache/ltx-mlx` (or `$LTX_MLX_CACHE`) with `gemma_root`, upsamplers, `dtype` and `quantize`.
+    `loras` are fused into the transformer in memory whenever it is loaded.
+    """
+    path = resolve_path(os.fspath(path_or_repo))
+    if os.path.isdir(path):
+        return LTXModelBundle(path, loras)
+    if not path.endswith(".safetensors"):
+        raise CheckpointError(f"{path} is neither a converted ltx-mlx folder nor an official .safetensors checkpoint")
+    opts = ConvertOptions(dtype=dtype, quantize=dict(quantize or {}), progress=progress)
+    spatial = [resolve_path(p) for p in spatial_upsamplers]
+    temporal = [resolve_path(p) for p in temporal_upsamplers]
+    folder = cached_conversion(path, resolve_path(gemma_root) if gemma_root else None, spatial, temporal, opts)
+    return LTXModelBundle(folder, loras)

@@ -1,0 +1,130 @@
+"""LoRA files in the official naming, fused into transformer weights as the reference fuses them.
+
+A LoRA file holds `diffusion_model.<module>.lora_A.weight (r, in)` and `…lora_B.weight (out, r)`.
+Fusion is `W += strength · B @ A` with no alpha/rank scaling (the reference ignores `.alpha`), summed
+over every LoRA that touches `W`. Bf16 weights are fused with the reference's bf16 rounding steps;
+MLX-quantized weights are dequantised, fused in float32 and requantised with their own settings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from .checkpoint import CheckpointError, SafetensorsFile
+
+_A, _B = ".lora_A.weight", ".lora_B.weight"
+
+
+@dataclass
+class LoRA:
+    path: str
+    strength: float
+    pairs: dict[str, tuple[mx.array, mx.array]]  # module name -> (A, B)
+    ignored: list[str] = field(default_factory=list)  # keys of the file that fusion does not use
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reference_downscale_factor(self) -> int:
+        """IC-LoRA metadata: how much smaller the reference video is than the target (default 1)."""
+        return int(float(self.metadata.get("reference_downscale_factor", 1)))
+
+
+def read_lora(path: str | os.PathLike, strength: float = 1.0) -> LoRA:
+    """Read a LoRA safetensors file; module names lose every `diffusion_model.` as in the reference."""
+    sf = SafetensorsFile(path)
+    pairs, ignored = {}, []
+    names = [k.replace("diffusion_model.", "") for k in sf.keys()]
+    by_name = dict(zip(names, sf.keys()))
+    for name in names:
+        if name.endswith(_A):
+            module = name[: -len(_A)]
+            if module + _B not in by_name:
+                raise CheckpointError(f"LoRA {sf.path}: {module} has lora_A but no lora_B; the file is incomplete")
+            a, b = sf.get(by_name[name]), sf.get(by_name[module + _B])
+            if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
+                raise CheckpointError(f"LoRA {sf.path}: {module} has lora_A {a.shape} and lora_B {b.shape}, "
+                                      "which do not form a low-rank pair")
+            pairs[module] = (a, b)
+        elif name.endswith(_B):
+            if name[: -len(_B)] + _A not in by_name:
+                raise CheckpointError(f"LoRA {sf.path}: {name[:-len(_B)]} has lora_B but no lora_A")
+        else:
+            ignored.append(by_name[name])
+    if not pairs:
+        raise CheckpointError(f"{sf.path} holds no LoRA weights (no '*.lora_A.weight' / '*.lora_B.weight' keys)")
+    return LoRA(os.fspath(path), float(strength), pairs, ignored, dict(sf.metadata))
+
+
+def _delta(lora: LoRA, module: str, dtype: mx.Dtype) -> mx.array:
+    a, b = lora.pairs[module]
+    # As the reference: B·strength rounded to the LoRA's dtype, product accumulated in float32, rounded to `dtype`.
+    b = (b.astype(mx.float32) * lora.strength).astype(b.dtype)  # torch keeps the scalar in float32, MLX would round it
+    return mx.matmul(b.astype(mx.float32), a.astype(mx.float32)).astype(dtype)
+
+
+def fuse_loras(weights: dict[str, mx.array], loras: list[LoRA], quantization: dict | None = None) -> list[str]:
+    """Fuse `loras` into `weights` (transformer keys, reference names) in place.
+
+    `quantization` ({group_size, bits, mode}) applies to weights that come with `.scales`.
+    Returns the LoRA modules that matched no weight of this model. A LoRA whose module matches a
+    weight of another shape is for a different model (e.g. LTX-2 vs LTX-2.3) and is an error.
+    """
+    unmatched = []
+    touched: dict[str, list[LoRA]] = {}
+    for lora in loras:
+        for module, (a, b) in lora.pairs.items():
+            key = module + ".weight"
+            if key not in weights:
+                unmatched.append(f"{os.path.basename(lora.path)}: {module}")
+                continue
+            shape = _logical_shape(weights, module, quantization)
+            if (b.shape[0], a.shape[1]) != shape:
+                raise CheckpointError(
+                    f"LoRA {lora.path} does not fit this model: {module} is {shape} in the model but "
+                    f"{(b.shape[0], a.shape[1])} in the LoRA. Is it made for the other model version (LTX-2 vs LTX-2.3)?")
+            touched.setdefault(module, []).append(lora)
+    if loras and len(unmatched) == sum(len(lr.pairs) for lr in loras):
+        raise CheckpointError("none of the LoRA modules exist in this model: is it a LoRA for another model? "
+                              f"(first: {unmatched[0]})")
+    for module, hits in touched.items():
+        key = module + ".weight"
+        if module + ".scales" in weights:
+            _fuse_quantized(weights, module, hits, quantization)
+        else:
+            _fuse_dense(weights, key, hits)
+    return unmatched
+
+
+def _logical_shape(weights, module, quantization) -> tuple[int, int]:
+    w = weights[module + ".weight"]
+    if module + ".scales" not in weights:
+        return tuple(w.shape)
+    if quantization is None:
+        raise ValueError(f"{module} is quantized: pass its quantization settings to fuse a LoRA into it")
+    return (w.shape[0], w.shape[1] * 32 // quantization["bits"])
+
+
+def _fuse_dense(weights, key, hits):
+    w = weights[key]
+    dtype = w.dtype
+    deltas = [_delta(lora, key[: -len(".weight")], dtype) for lora in hits]
+    total = deltas[0] if len(deltas) == 1 else sum(d.astype(mx.float32) for d in deltas).astype(dtype)
+    weights[key] = (total.astype(mx.float32) + w.astype(mx.float32)).astype(dtype)
+
+
+def _fuse_quantized(weights, module, hits, q):
+    key = module + ".weight"
+    mode = q.get("mode", "affine")
+    biases = weights.get(module + ".biases")
+    dense = mx.dequantize(weights[key], weights[module + ".scales"], biases,
+                          group_size=q["group_size"], bits=q["bits"], mode=mode).astype(mx.float32)
+    for lora in hits:
+        dense = dense + _delta(lora, module, mx.float32)
+    packed = mx.quantize(dense.astype(weights[module + ".scales"].dtype), group_size=q["group_size"],
+                         bits=q["bits"], mode=mode)
+    weights[key], weights[module + ".scales"] = packed[0], packed[1]
+    if biases is not None:
+        weights[module + ".biases"] = packed[2]

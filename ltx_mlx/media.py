@@ -1,0 +1,326 @@
+"""Media I/O with PyAV: images and videos in, conditioning arrays out, and the mp4 writer.
+
+Layouts: decoded images/frames are RGB uint8 `(H, W, 3)`; `load_image_conditioning` returns float32
+`(1, 1, H, W, 3)` in [-1, 1] (B, F, H, W, C: the video VAE encoder's channels-last input); audio is float32
+`(channels, samples)`. The mp4 writer takes uint8 `(f, H, W, 3)` chunks and float32 `(2, N)` audio.
+
+Deliberate difference from the reference writer: the video frame rate is kept as a fraction
+(24000/1001 stays 24000/1001) instead of being truncated with `int(fps)`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections import deque
+from fractions import Fraction
+from io import BytesIO
+from typing import Iterable, Iterator
+
+import av
+import mlx.core as mx
+import numpy as np
+
+DEFAULT_IMAGE_CRF = 33
+_INT_AUDIO_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0}
+
+
+def check_readable(path, what: str = "file"):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"The {what} {path!r} does not exist (or is not a file); check the path.")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"The {what} {path!r} is not readable; check its permissions.")
+
+
+def check_output_path(path):
+    """Fail early, before any heavy work, if `path` cannot be written."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"The output path {path!r} is a folder; give a file name such as {path!r}/out.mp4.")
+    if not os.path.isdir(folder):
+        raise ValueError(f"The output folder {folder!r} does not exist; create it first.")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"The output path {path!r} is not writable; choose another location.")
+
+
+def _first_video_frame(container) -> av.VideoFrame:
+    if not container.streams.video:
+        raise ValueError("it has no image or video stream")
+    return next(container.decode(container.streams.video[0]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images
+
+
+def decode_image(path) -> np.ndarray:
+    """A PNG/JPEG image, or the first frame of a video, as RGB uint8 `(H, W, 3)` (alpha dropped)."""
+    check_readable(path, "image")
+    try:
+        with av.open(os.fspath(path)) as container:
+            return _first_video_frame(container).to_ndarray(format="rgb24")
+    except (av.FFmpegError, StopIteration, ValueError) as e:
+        raise ValueError(f"Could not read an image from {os.fspath(path)!r} ({e}); use a PNG, JPEG or video file.") from e
+
+
+def crf_round_trip(image: np.ndarray, crf: float = DEFAULT_IMAGE_CRF) -> np.ndarray:
+    """Encode one RGB frame with libx264 (preset veryfast, yuv420p, given CRF) in memory and decode it back,
+    as the reference does so conditioning images look like video frames. Odd sizes lose their last
+    row/column. `crf == 0` returns the image untouched (the reference's convention)."""
+    if crf == 0:
+        return image
+    height, width = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    if height == 0 or width == 0:
+        raise ValueError(f"An image of {image.shape[0]}x{image.shape[1]} is too small for the H.264 round trip.")
+    with BytesIO() as buffer:
+        with av.open(buffer, "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=1, options={"crf": str(crf), "preset": "veryfast"})
+            stream.height, stream.width = height, width
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:height, :width]), format="rgb24")
+            container.mux(stream.encode(frame.reformat(format="yuv420p")))
+            container.mux(stream.encode())
+        buffer.seek(0)
+        with av.open(buffer) as container:
+            return _first_video_frame(container).to_ndarray(format="rgb24")
+
+
+def _fma(a, b, c) -> np.ndarray:
+    """float32 a·b + c with one rounding (the exact product fits float64), as FMA-contracted C code computes."""
+    return (np.float64(a) * np.float64(b) + np.float64(c)).astype(np.float32) if np.isscalar(a) else \
+        (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
+def _linear_taps(src_size: int, dst_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """torch's bilinear source indices and weights (align_corners=False, no antialias), in float32."""
+    scale = np.float32(src_size) / np.float32(dst_size)
+    src = _fma(np.full(dst_size, scale), np.arange(dst_size, dtype=np.float32) + np.float32(0.5),
+               np.full(dst_size, np.float32(-0.5)))
+    src = np.maximum(src, np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), src_size - 1)
+    w1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))
+    i1 = i0 + (i0 < src_size - 1)
+    return i0, i1, np.float32(1) - w1, w1
+
+
+def resize_and_center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale to cover `height × width` (scale = max(height/H, width/W), sizes rounded up), bilinear without
+    antialiasing, then crop the centre. `(H, W, C)` or `(F, H, W, C)` → float32 `(F, height, width, C)`.
+
+    Bit-exact with the reference on torch's CPU kernels: those pick a per-pixel 4-weight sum for small
+    outputs (resized height + width ≤ 128) and a separable width-then-height sum otherwise, and their
+    products and sums are FMA-contracted; the same choices and roundings are reproduced here.
+    """
+    x = np.asarray(image)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or min(x.shape[1:3]) < 1 or height < 1 or width < 1:
+        raise ValueError(f"Expected an image (H, W, C) or frames (F, H, W, C) and a positive target size, "
+                         f"got shape {x.shape} → {height}x{width}.")
+    x = x.astype(np.float32)
+    src_h, src_w = x.shape[1:3]
+    scale = max(height / src_h, width / src_w)
+    new_h, new_w = math.ceil(src_h * scale), math.ceil(src_w * scale)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    h0, h1, a0, a1 = (t[top:top + height, None, None] for t in _linear_taps(src_h, new_h))
+    w0, w1, b0, b1 = (t[left:left + width, None] for t in _linear_taps(src_w, new_w))
+    rows0, rows1 = x[:, h0[:, 0, 0]], x[:, h1[:, 0, 0]]
+    x00, x01, x10, x11 = rows0[:, :, w0[:, 0]], rows0[:, :, w1[:, 0]], rows1[:, :, w0[:, 0]], rows1[:, :, w1[:, 0]]
+    if new_h + new_w <= 128:
+        w00, w01, w10, w11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+        return _fma(x11, np.broadcast_to(w11, x11.shape), _fma(x10, np.broadcast_to(w10, x10.shape),
+                    _fma(x00, np.broadcast_to(w00, x00.shape), x01 * w01)))
+    r0 = _fma(x00, np.broadcast_to(b0, x00.shape), x01 * b1)
+    r1 = _fma(x10, np.broadcast_to(b0, x10.shape), x11 * b1)
+    return _fma(r0, np.broadcast_to(a0, r0.shape), r1 * a1)
+
+
+def normalize_pixels(x: np.ndarray) -> np.ndarray:
+    return x / np.float32(127.5) - np.float32(1.0)
+
+
+def load_image_conditioning(path, height: int, width: int, crf: float = DEFAULT_IMAGE_CRF) -> mx.array:
+    """Image file → float32 `(1, 1, height, width, 3)` in [-1, 1], ready for the video VAE encoder."""
+    image = crf_round_trip(decode_image(path), crf)
+    return mx.array(normalize_pixels(resize_and_center_crop(image, height, width))[None])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Videos and audio in
+
+
+def read_video_frames(path, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """RGB uint8 `(H, W, 3)` frames of the first video stream, at most `max_frames`."""
+    check_readable(path, "video")
+    with av.open(os.fspath(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{os.fspath(path)!r} has no video stream.")
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            if max_frames is not None and i >= max_frames:
+                break
+            yield frame.to_ndarray(format="rgb24")
+
+
+def load_video_conditioning(path, height: int, width: int, max_frames: int) -> mx.array:
+    """Video file → float32 `(1, F, height, width, 3)` in [-1, 1] (no CRF round trip, as the reference)."""
+    frames = [resize_and_center_crop(f, height, width) for f in read_video_frames(path, max_frames)]
+    if not frames:
+        raise ValueError(f"{os.fspath(path)!r} has no decodable frames.")
+    return mx.array(normalize_pixels(np.concatenate(frames))[None])
+
+
+def _audio_to_float(frame: av.AudioFrame) -> np.ndarray:
+    fmt = frame.format.name.rstrip("p")
+    x = frame.to_ndarray().astype(np.float32)
+    if fmt in _INT_AUDIO_SCALE:
+        x = x / np.float32(_INT_AUDIO_SCALE[fmt])
+    if not frame.format.is_planar:
+        x = x.reshape(-1, len(frame.layout.channels)).T
+    return x
+
+
+def read_audio(path, start_time: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, int] | None:
+    """Float32 `(channels, samples)` and the sample rate of the first audio stream from `start_time` seconds
+    for at most `duration` seconds; None when the file has no audio stream."""
+    check_readable(path, "audio file")
+    if start_time < 0 or (duration is not None and duration <= 0):
+        raise ValueError(f"Audio start time must be >= 0 and duration > 0, got {start_time} and {duration}.")
+    with av.open(os.fspath(path)) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        rate, tb = stream.rate, stream.time_base
+        end_time = start_time + duration if duration else math.inf
+        container.seek(int(start_time / tb), stream=stream)
+        chunks, first_time = [], None
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            t = float(frame.pts * tb)
+            if t + frame.samples / frame.sample_rate < start_time:
+                continue
+            if t > end_time:
+                break
+            first_time = t if first_time is None else first_time
+            chunks.append(_audio_to_float(frame))
+    if not chunks:
+        return None
+    audio = np.concatenate(chunks, axis=-1)
+    skip = round((start_time - first_time) * rate)
+    audio = audio[:, skip:] if skip > 0 else audio
+    if duration is not None:
+        audio = audio[:, :round(duration * rate)]
+    return audio, rate
+
+
+# ---------------------------------------------------------------------------------------------------
+# mp4 out
+
+
+def as_frame_rate(fps) -> Fraction:
+    """Exact frame rate: ints and Fractions as given; floats to the nearest fraction with denominator ≤ 1001
+    (so 24000/1001 as a float becomes 24000/1001, 25.0 stays 25)."""
+    rate = Fraction(fps).limit_denominator(1001) if isinstance(fps, float) else Fraction(fps)
+    if rate <= 0:
+        raise ValueError(f"The frame rate must be positive, got {fps}.")
+    return rate
+
+
+def _stereo_s16(audio, sample_rate: int) -> av.AudioFrame:
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2 or x.shape[0] not in (1, 2):
+        raise ValueError(f"Audio must be float (2, samples) stereo or (samples,)/(1, samples) mono, got {x.shape}.")
+    x = np.broadcast_to(x, (2, x.shape[1]))
+    pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)  # truncates toward zero, as torch's .to(int16)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm.T).reshape(1, -1), format="s16", layout="stereo")
+    frame.sample_rate, frame.pts = sample_rate, 0
+    return frame
+
+
+def _encode_audio(container, audio, sample_rate: int) -> deque:
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ValueError(f"The audio sample rate must be a positive integer, got {sample_rate!r}.")
+    frame = _stereo_s16(audio, int(sample_rate))
+    stream = container.add_stream("aac", rate=int(sample_rate))
+    stream.codec_context.layout = "stereo"
+    stream.codec_context.time_base = Fraction(1, int(sample_rate))
+    return deque([*stream.encode(frame), *stream.encode(None)])
+
+
+def _check_chunk(chunk, size):
+    x = np.asarray(chunk)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"Video chunks must be uint8 (frames, H, W, 3), got {x.dtype} {x.shape}.")
+    if size is not None and x.shape[1:3] != size:
+        raise ValueError(f"All video chunks must have the same size {size}, got {x.shape[1:3]}.")
+    if x.shape[1] % 2 or x.shape[2] % 2:
+        raise ValueError(f"H.264 (yuv420p) needs even sizes, got {x.shape[1]}x{x.shape[2]}; crop or resize to even.")
+    return x
+
+
+def _write(container, chunks: Iterator, fps: Fraction, audio, sample_rate, crf, progress) -> int:
+    first = _check_chunk(next(chunks), None)
+    size = first.shape[1:3]
+    options = {} if crf is None else {"crf": str(crf)}
+    stream = container.add_stream("libx264", rate=fps, options=options)
+    stream.height, stream.width = size
+    stream.pix_fmt = "yuv420p"
+    pending = _encode_audio(container, audio, sample_rate) if audio is not None else deque()
+
+    def mux(packets):
+        for packet in packets:
+            container.mux(packet)
+            # Interleave audio with the video by time; mp4 does not require it but players stream better.
+            now = float(packet.pts * packet.time_base) if packet.pts is not None else math.inf
+            while pending and float(pending[0].pts * pending[0].time_base) <= now:
+                container.mux(pending.popleft())
+
+    count = 0
+    chunk = first
+    while chunk is not None:
+        for frame in chunk:
+            mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        count += len(chunk)
+        if progress is not None:
+            progress.update(len(chunk))
+        chunk = next(chunks, None)
+        chunk = None if chunk is None else _check_chunk(chunk, size)
+    mux(stream.encode(None))
+    for packet in pending:
+        container.mux(packet)
+    return count
+
+
+def write_mp4(path, video: Iterable | np.ndarray, fps, audio=None, sample_rate: int | None = None, *,
+              crf: float | None = None, progress=None) -> int:
+    """Write H.264 (yuv420p) video at `fps` (kept exact, see `as_frame_rate`) and optional AAC stereo audio.
+
+    `video`: one uint8 `(F, H, W, 3)` array or an iterable of such chunks, consumed lazily so decoded tiles
+    stream straight in. `audio`: float `(2, N)` in [-1, 1] at `sample_rate`. The file is written next to
+    `path` under a temporary name and renamed when complete; on any error it is removed. `crf`: x264
+    quality (encoder default when None, as the reference). `progress`: an optional tqdm-like object
+    updated with frame counts. Returns the number of frames written.
+    """
+    check_output_path(path)
+    rate = as_frame_rate(fps)
+    if audio is not None and sample_rate is None:
+        raise ValueError("Audio was given without its sample rate.")
+    chunks = iter([video]) if isinstance(video, (np.ndarray, mx.array)) else iter(video)
+    path = os.path.abspath(os.fspath(path))
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    try:
+        with av.open(tmp, "w", format="mp4") as container:
+            try:
+                count = _write(container, chunks, rate, audio, sample_rate, crf, progress)
+            except StopIteration:
+                raise ValueError("No video frames were given.") from None
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return count

@@ -1,0 +1,378 @@
+"""Gemma hidden states -> LTX video/audio contexts: feature extractor (V1 / V2) and embeddings connectors.
+
+Reference: ltx_core/text_encoders/gemma/{feature_extractor, embeddings_connector, embeddings_processor}.py.
+The weights live in the official LTX checkpoint under `text_embedding_projection.` (feature extractor) and
+`model.diffusion_model.{video,audio}_embeddings_connector.`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
+
+FEATURE_EXTRACTOR_PREFIX = "text_embedding_projection."
+VIDEO_CONNECTOR_PREFIX = "model.diffusion_model.video_embeddings_connector."
+AUDIO_CONNECTOR_PREFIX = "model.diffusion_model.audio_embeddings_connector."
+# our module name -> the official key prefix
+PREFIXES = {"feature_extractor.": FEATURE_EXTRACTOR_PREFIX, "video_connector.": VIDEO_CONNECTOR_PREFIX,
+            "audio_connector.": AUDIO_CONNECTOR_PREFIX}
+
+# The four transformer-config keys that select the V2 (LTX-2.3) feature extractor, with the only values it supports.
+V2_KEYS = {"caption_proj_before_connector": True, "caption_projection_first_linear": False,
+           "caption_proj_input_norm": False, "caption_projection_second_linear": False}
+
+
+def feature_extractor_version(transformer: dict) -> int:
+    """1 when none of the V2 keys are present, 2 when all are with the expected values (the reference's rule)."""
+    present = V2_KEYS.keys() & transformer.keys()
+    if not present:
+        return 1
+    if present != V2_KEYS.keys():
+        raise CheckpointError("checkpoint config: partial V2 text-projection config, missing "
+                              + ", ".join(sorted(V2_KEYS.keys() - present)))
+    wrong = [f"{k}={transformer[k]!r} (expected {v!r})" for k, v in V2_KEYS.items() if transformer[k] != v]
+    if wrong:
+        raise CheckpointError("checkpoint config: unsupported text-projection variant: " + ", ".join(wrong))
+    return 2
+
+
+@dataclass
+class ConnectorConfig:
+    num_attention_heads: int
+    attention_head_dim: int
+    num_layers: int
+    positional_embedding_max_pos: list
+    rope_type: str = "interleaved"
+    double_precision_rope: bool = False
+    apply_gated_attention: bool = False
+    num_learnable_registers: int = 128
+    positional_embedding_theta: float = 10000.0
+
+    @classmethod
+    def from_dict(cls, t: dict, audio: bool = False) -> "ConnectorConfig":
+        # Audio reads audio_connector_* and falls back to connector_*; the rest is shared (as in the reference).
+        def get(name, default):
+            value = t.get(f"connector_{name}", default)
+            return t.get(f"audio_connector_{name}", value) if audio else value
+
+        rope = t.get("rope_type", "interleaved")
+        if rope not in ("interleaved", "split"):
+            raise CheckpointError(f"checkpoint config: unknown rope_type {rope!r}")
+        return cls(num_attention_heads=get("num_attention_heads", 30), attention_head_dim=get("attention_head_dim", 128),
+                   num_layers=get("num_layers", 2),
+                   positional_embedding_max_pos=list(t.get("connector_positional_embedding_max_pos", [1])),
+                   rope_type=rope, double_precision_rope=t.get("frequencies_precision", False) == "float64",
+                   apply_gated_attention=bool(t.get("connector_apply_gated_attention", False)),
+                   # the reference hard-wires 128; real files carry the same number in this key
+                   num_learnable_registers=int(t.get("connector_num_learnable_registers") or 128))
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+
+@dataclass
+class TextProjectionConfig:
+    version: int
+    embedding_dim: int  # Gemma hidden size
+    num_states: int  # Gemma layers + 1 (the embeddings)
+    video_dim: int  # feature-extractor output dims (V1: both equal embedding_dim)
+    audio_dim: int
+    video_connector: ConnectorConfig
+    audio_connector: ConnectorConfig
+
+    @classmethod
+    def from_dict(cls, transformer: dict, embedding_dim: int, num_states: int) -> "TextProjectionConfig":
+        version = feature_extractor_version(transformer)
+        if version == 1:
+            video_dim = audio_dim = embedding_dim
+        else:
+            video_dim = transformer["num_attention_heads"] * transformer["attention_head_dim"]
+            audio_dim = transformer["audio_num_attention_heads"] * transformer["audio_attention_head_dim"]
+        return cls(version, embedding_dim, num_states, video_dim, audio_dim,
+                   ConnectorConfig.from_dict(transformer), ConnectorConfig.from_dict(transformer, audio=True))
+
+
+# ---------------------------------------------------------------------------------------------- feature extractors
+
+class FeatureExtractorV1(nn.Module):
+    """LTX-2: per sample and per layer, masked mean / range normalisation x 8, one projection for both."""
+
+    def __init__(self, embedding_dim: int, num_states: int):
+        super().__init__()
+        self.aggregate_embed = nn.Linear(embedding_dim * num_states, embedding_dim, bias=False)
+
+    @staticmethod
+    def normalize(x: mx.array, valid: mx.array) -> mx.array:
+        B, T, D = x.shape
+        x32 = x.astype(mx.float32)
+        n = valid.astype(mx.float32).sum(axis=1).reshape(B, 1, 1)
+        mean = mx.where(valid, x32, 0.0).sum(axis=(1, 2), keepdims=True) / (n * D + 1e-6)
+        hi = mx.where(valid, x32, -mx.inf).max(axis=(1, 2), keepdims=True)
+        lo = mx.where(valid, x32, mx.inf).min(axis=(1, 2), keepdims=True)
+        return (8 * (x32 - mean) / (hi - lo + 1e-6)).astype(x.dtype)
+
+    def __call__(self, states: list[mx.array], mask: mx.array) -> tuple[mx.array, mx.array]:
+        valid = mask.astype(mx.bool_)[..., None]
+        normed = stack_features([self.normalize(x, valid) for x in states], valid)
+        features = self.aggregate_embed(normed)
+        return features, features
+
+
+class FeatureExtractorV2(nn.Module):
+    """LTX-2.3: per-token RMS normalisation, separate video / audio projections scaled by sqrt(out / in)."""
+
+    def __init__(self, embedding_dim: int, num_states: int, video_dim: int, audio_dim: int):
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.video_aggregate_embed = nn.Linear(embedding_dim * num_states, video_dim, bias=True)
+        self.audio_aggregate_embed = nn.Linear(embedding_dim * num_states, audio_dim, bias=True)
+
+    def __call__(self, states: list[mx.array], mask: mx.array) -> tuple[mx.array, mx.array]:
+        valid = mask.astype(mx.bool_)[..., None]
+        normed = stack_features([mx.fast.rms_norm(x, None, 1e-6) for x in states], valid)
+        out = []
+        for proj in (self.video_aggregate_embed, self.audio_aggregate_embed):
+            scale = math.sqrt(proj.weight.shape[0] / self.embedding_dim)
+            out.append(proj(normed * scale))
+        return out[0], out[1]
+
+
+def stack_features(normed: list[mx.array], valid: mx.array) -> mx.array:
+    """(B, T, D) per state -> (B, T, D*L) with feature index d*L + l (hidden-dim major), pads zeroed."""
+    x = mx.stack(normed, axis=-1)
+    B, T, D, L = x.shape
+    x = x.reshape(B, T, D * L)
+    return mx.where(valid, x, mx.zeros_like(x))
+
+
+# ---------------------------------------------------------------------------------------------------- connectors
+
+def _linspace_like_torch(n: int) -> np.ndarray:
+    """torch.linspace(0, 1, n, float32) in its scalar form (the second half counts back from the end).
+
+    Torch's vectorised CPU kernel can land one ulp away on some entries, which moves the highest
+    frequencies of a float32 grid; real checkpoints ask for the float64 grid, which is exact.
+    """
+    f = np.float32
+    if n == 1:
+        return np.zeros(1, f)
+    step = f(1.0) / f(n - 1)
+    i = np.arange(n)
+    return np.where(i < n // 2, step * i.astype(f), f(1.0) - step * (n - 1 - i).astype(f)).astype(f)
+
+
+def connector_rope(cfg: ConnectorConfig, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin for positions arange(T): split -> (H, T, head_dim/2); interleaved -> (T, inner)."""
+    f32, dim, theta = np.float32, cfg.inner_dim, cfg.positional_embedding_theta
+    n = dim // 2
+    if cfg.double_precision_rope:
+        grid = (np.power(theta, np.linspace(0.0, 1.0, n, dtype=np.float64)) * math.pi / 2).astype(f32)
+    else:
+        grid = (np.power(f32(theta), _linspace_like_torch(n)) * f32(math.pi)) / f32(2)
+    frac = np.arange(T).astype(f32) / f32(cfg.positional_embedding_max_pos[0])
+    angles = (grid[None, :] * (frac * f32(2) - f32(1))[:, None]).astype(np.float64)
+    cos, sin = np.cos(angles).astype(f32), np.sin(angles).astype(f32)
+    if cfg.rope_type == "split":  # dim // 2 frequencies exactly: no padding in 1-D
+        H = cfg.num_attention_heads
+        return cos.reshape(T, H, -1).transpose(1, 0, 2), sin.reshape(T, H, -1).transpose(1, 0, 2)
+    cos, sin = np.repeat(cos, 2, axis=-1), np.repeat(sin, 2, axis=-1)
+    pad = dim % 2
+    cos = np.concatenate([np.ones((T, pad), f32), cos], axis=-1)
+    sin = np.concatenate([np.zeros((T, pad), f32), sin], axis=-1)
+    return cos, sin
+
+
+def apply_split_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def apply_interleaved_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    pairs = x.reshape(*x.shape[:-1], -1, 2)
+    rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+    return x * cos + rotated * sin
+
+
+class GELUApprox(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out)
+
+    def __call__(self, x):
+        return nn.gelu_approx(self.proj(x))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = [GELUApprox(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)]
+
+    def __call__(self, x):
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ConnectorConfig):
+        super().__init__()
+        dim, self.heads, self.dim_head = cfg.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim
+        self.rope_type = cfg.rope_type
+        self.q_norm = nn.RMSNorm(dim, eps=1e-6)
+        self.k_norm = nn.RMSNorm(dim, eps=1e-6)
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        if cfg.apply_gated_attention:
+            self.to_gate_logits = nn.Linear(dim, self.heads)
+        self.to_out = [nn.Linear(dim, dim)]
+
+    def __call__(self, x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+        B, T, C = x.shape
+        H, D = self.heads, self.dim_head
+        q, k, v = self.q_norm(self.to_q(x)), self.k_norm(self.to_k(x)), self.to_v(x)
+        if self.rope_type == "interleaved":
+            q, k = apply_interleaved_rope(q, cos, sin), apply_interleaved_rope(k, cos, sin)
+        q, k, v = (t.reshape(B, T, H, D).transpose(0, 2, 1, 3) for t in (q, k, v))
+        if self.rope_type == "split":
+            q, k = apply_split_rope(q, cos, sin), apply_split_rope(k, cos, sin)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=D ** -0.5).transpose(0, 2, 1, 3)
+        if "to_gate_logits" in self:
+            # 2·sigmoid so that zero logits leave the heads unchanged
+            out = out * (2 * mx.sigmoid(self.to_gate_logits(x)))[..., None]
+        return self.to_out[0](out.reshape(B, T, C))
+
+
+class TransformerBlock1D(nn.Module):
+    def __init__(self, cfg: ConnectorConfig):
+        super().__init__()
+        self.attn1 = Attention(cfg)
+        self.ff = FeedForward(cfg.inner_dim)
+
+    def __call__(self, x, cos, sin):
+        x = x + self.attn1(mx.fast.rms_norm(x, None, 1e-6), cos, sin)
+        return x + self.ff(mx.fast.rms_norm(x, None, 1e-6))
+
+
+class Embeddings1DConnector(nn.Module):
+    def __init__(self, cfg: ConnectorConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer_1d_blocks = [TransformerBlock1D(cfg) for _ in range(cfg.num_layers)]
+        self.learnable_registers = mx.zeros((cfg.num_learnable_registers, cfg.inner_dim))
+
+    def replace_padding_with_registers(self, x: mx.array, mask: mx.array) -> mx.array:
+        """Valid tokens move to the front (in order); position p >= n_valid gets register[p % R]. Per sample."""
+        B, T, C = x.shape
+        R = self.learnable_registers.shape[0]
+        if T % R:
+            raise ValueError(f"the text length {T} must be a multiple of the connector's {R} registers "
+                             f"(use a tokenizer max_length that is a multiple of {R}, e.g. 1024)")
+        valid = mask.astype(mx.bool_)
+        pos = mx.arange(T)
+        order = mx.argsort(mx.where(valid, pos, pos + T), axis=1)
+        moved = mx.take_along_axis(x, order[..., None], axis=1)
+        registers = mx.tile(self.learnable_registers, (T // R, 1)).astype(x.dtype)
+        n_valid = valid.sum(axis=1, keepdims=True)
+        return mx.where((pos[None] < n_valid)[..., None], moved, registers[None])
+
+    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
+        x = self.replace_padding_with_registers(x, mask)
+        cos, sin = (mx.array(t).astype(x.dtype) for t in connector_rope(self.config, x.shape[1]))
+        for block in self.transformer_1d_blocks:
+            x = block(x, cos, sin)
+        return mx.fast.rms_norm(x, None, 1e-6)
+
+
+class TextProjection(nn.Module):
+    """Feature extractor + video and audio connectors (the reference's EmbeddingsProcessor)."""
+
+    def __init__(self, cfg: TextProjectionConfig):
+        super().__init__()
+        self.config = cfg
+        if cfg.version == 1:
+            self.feature_extractor = FeatureExtractorV1(cfg.embedding_dim, cfg.num_states)
+        else:
+            self.feature_extractor = FeatureExtractorV2(cfg.embedding_dim, cfg.num_states, cfg.video_dim, cfg.audio_dim)
+        self.video_connector = Embeddings1DConnector(cfg.video_connector)
+        self.audio_connector = Embeddings1DConnector(cfg.audio_connector)
+
+    def __call__(self, states: list[mx.array], mask: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """Gemma hidden states + the (left-padded) token mask -> (video context, audio context, context mask).
+
+        The context mask is all ones, as the reference returns it: registers fill the padded positions.
+        """
+        if len(states) != self.config.num_states:
+            raise ValueError(f"the text projection takes {self.config.num_states} Gemma hidden states, got {len(states)}")
+        video, audio = self.feature_extractor(states, mask)
+        video = self.video_connector(video, mask)
+        audio = self.audio_connector(audio, mask)
+        return video, audio, mx.ones(mask.shape, dtype=mx.int32)
+
+
+def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Reference (EmbeddingsProcessor) names -> ours: identical; Linear layouts need no change."""
+    return dict(weights)
+
+
+def route_key(key: str) -> str | None:
+    """Our name for an official checkpoint key of the text projection; None for every other key."""
+    for ours, prefix in PREFIXES.items():
+        if key.startswith(prefix):
+            return ours + key[len(prefix):]
+    return None
+
+
+def read_weights(sf: SafetensorsFile, dtype: mx.Dtype | None = None) -> dict[str, mx.array]:
+    """The text projection's tensors of an official file, under our module names (feature_extractor., *_connector.)."""
+    out = {}
+    for prefix in PREFIXES.values():
+        out.update({route_key(prefix + k): v for k, v in read_prefixed(sf, prefix, dtype).items()})
+    return out
+
+
+def transformer_config(sf: SafetensorsFile) -> dict:
+    transformer = sf.config().get("transformer")
+    if not transformer:
+        raise CheckpointError(f"{sf.path} has no metadata config['transformer']: not an official LTX-2/LTX-2.3 file")
+    return transformer
+
+
+def load_text_projection(path: str | os.PathLike | SafetensorsFile, dtype: mx.Dtype = mx.float32,
+                         gemma_config=None) -> TextProjection:
+    """Feature extractor + connectors from an official LTX-2 / LTX-2.3 checkpoint.
+
+    The Gemma dims come from `gemma_config` (hidden_size, num_hidden_layers); without it, from the
+    transformer config's `caption_channels` and the projection weight's width.
+    """
+    sf = path if isinstance(path, SafetensorsFile) else SafetensorsFile(path)
+    transformer = transformer_config(sf)
+    weights = sanitize(read_weights(sf, dtype))
+    version = feature_extractor_version(transformer)
+    key = "feature_extractor." + ("aggregate_embed.weight" if version == 1 else "video_aggregate_embed.weight")
+    if key not in weights:
+        raise CheckpointError(f"{sf.path} has no {PREFIXES['feature_extractor.']}{key.split('.', 1)[1]}: "
+                              "the text projection is missing from this checkpoint")
+    width = weights[key].shape[1]
+    if gemma_config is not None:
+        D, L = gemma_config.hidden_size, gemma_config.num_hidden_layers + 1
+        if D * L != width:
+            raise CheckpointError(f"the checkpoint's text projection takes {width} features but this Gemma gives "
+                                  f"{D} x {L} = {D * L}: use the Gemma-3 model this LTX checkpoint was trained with")
+    else:
+        D = int(transformer.get("caption_channels", 0))
+        if D <= 0 or width % D:
+            raise CheckpointError(f"{sf.path}: cannot infer the Gemma hidden size (caption_channels={D}, projection "
+                                  f"width {width}); pass gemma_config")
+        L = width // D
+    model = TextProjection(TextProjectionConfig.from_dict(transformer, D, L))
+    return load_strict(model, weights, f"text projection ({sf.path})")

@@ -1,0 +1,358 @@
+"""convert.py round trips: tiny official LTX-2 / LTX-2.3 files (every component, built from the live reference) →
+CLI → `ltx_mlx.load` → each component's outputs equal those of the same component loaded straight from the
+official file (float32: exactly). Also: the folder's config/shards/tokenizer, fp8 inputs, and every bad input."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from mlx.utils import tree_flatten
+from safetensors.torch import load_file, save_file
+
+import ltx_mlx
+from convert_fixtures import (UPSAMPLERS, VERSIONS, component_outputs, official_tensors, upsampler_args,
+                              write_official, write_upsamplers)
+from ltx_mlx.checkpoint import SafetensorsFile
+from ltx_mlx.cli.convert import main
+from ltx_mlx.model_folder import INDEX_NAME
+from ltx_mlx.models.audio_vae import load_audio_decoder, load_audio_encoder
+from ltx_mlx.models.gemma3 import load_gemma
+from ltx_mlx.models.text_projection import load_text_projection
+from ltx_mlx.models.transformer import load_transformer
+from ltx_mlx.models.upsampler import load_upsampler
+from ltx_mlx.models.video_vae import load_video_decoder, load_video_encoder
+from ltx_mlx.models.vocoder import load_vocoder
+from ltx_mlx.text_encoder import PromptTokenizer
+from reference import save_official_checkpoint
+
+COMPONENTS = ("transformer", "text_projection", "video_encoder", "video_decoder", "audio_encoder", "audio_decoder",
+              "vocoder", "gemma")
+
+
+def official_component(name, ckpt, gemma, upsamplers=None):
+    sf = SafetensorsFile(ckpt)
+    if "upsampler" in name:
+        return load_upsampler(upsamplers[name][1])
+    if name == "gemma":
+        return load_gemma(gemma)
+    if name == "text_projection":
+        return load_text_projection(sf, gemma_config=load_gemma(gemma).config)
+    loaders = {"transformer": load_transformer, "video_encoder": load_video_encoder, "video_decoder": load_video_decoder,
+               "audio_encoder": load_audio_encoder, "audio_decoder": load_audio_decoder, "vocoder": load_vocoder}
+    return loaders[name](sf)
+
+
+def run_cli(*args) -> tuple[int, str]:
+    """(exit code, stderr) of `convert.py args` run in-process."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args] + ["--quiet"])
+    return rc, err.getvalue()
+
+
+@pytest.fixture(scope="module", params=list(VERSIONS))
+def official(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"ltx{request.param}")
+    ckpt, gemma, config = write_official(tmp, request.param)
+    return request.param, tmp, ckpt, gemma, config
+
+
+@pytest.fixture(scope="module")
+def converted(official):
+    version, tmp, ckpt, gemma, config = official
+    upsamplers = write_upsamplers(tmp, version)
+    out = tmp / "mlx-f32"
+    rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", out, "--dtype", "float32",
+                      *upsampler_args(upsamplers))
+    assert rc == 0, err
+    return out, upsamplers
+
+
+def test_round_trip_outputs_equal_official(official, converted):
+    version, tmp, ckpt, gemma, config = official
+    converted, upsamplers = converted
+    bundle = ltx_mlx.load(converted)
+    assert bundle.components == list(COMPONENTS) + list(UPSAMPLERS[version])
+    assert bundle.model_version == VERSIONS[version]
+    for name in bundle.components:
+        ours, ref = bundle.get(name), official_component(name, ckpt, gemma, upsamplers)
+        assert type(ours) is type(ref), name
+        ref_params, our_params = dict(tree_flatten(ref.parameters())), dict(tree_flatten(ours.parameters()))
+        assert set(ours_keys := our_params) == set(ref_params), name
+        for k in ours_keys:  # stored in the model's own layout: loading only reads, never transposes
+            assert our_params[k].dtype == mx.float32
+            np.testing.assert_array_equal(np.array(our_params[k]), np.array(ref_params[k]), err_msg=f"{name}.{k}")
+        got, expected = component_outputs(name, ours, config), component_outputs(name, ref, config)
+        assert len(got) == len(expected) > 0
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape
+            np.testing.assert_array_equal(np.array(g), np.array(e), err_msg=name)
+        print(f"LTX-{version} {name}: {len(got)} outputs identical to the official-file load")
+        bundle.free(name)
+    assert bundle._loaded == {}
+
+
+def test_folder_layout_config_and_tokenizer(official, converted):
+    version, tmp, ckpt, gemma, config = official
+    converted, upsamplers = converted
+    cfg = json.loads((converted / "config.json").read_text())
+    assert cfg["format"] == "mlx" and cfg["model_version"] == VERSIONS[version] and cfg["dtype"] == "float32"
+    assert cfg["config"] == config  # every official section, verbatim
+    assert cfg["quantization"] == {} and cfg["fused_loras"] == []
+    assert cfg["components"]["text_projection"]["dims"] == {"embedding_dim": 64, "num_states": 8}
+    assert cfg["source"] == {"checkpoint": ckpt.name, "bytes": ckpt.stat().st_size}
+    for name, (kind, path) in upsamplers.items():
+        entry = cfg["components"][name]
+        assert entry == {"kind": f"{kind}_upsampler", "folder": name, "config": SafetensorsFile(path).config(),
+                         "source": path.name}
+    bundle = ltx_mlx.load(converted)
+    assert bundle.spatial_upsampler("spatial_upsampler_x2") is bundle.get("spatial_upsampler_x2")
+    if version == "2.3":
+        assert bundle.upsamplers("spatial_upsampler") == ["spatial_upsampler_x2", "spatial_upsampler_x1.5"]
+        assert bundle.temporal_upsampler().cfg.temporal_upsample
+    else:
+        assert bundle.spatial_upsampler() is bundle.get("spatial_upsampler_x2")
+    for name in cfg["components"]:
+        index = json.loads((converted / name / INDEX_NAME).read_text())
+        shards = sorted(set(index["weight_map"].values()))
+        assert shards and all(SafetensorsFile(converted / name / s).metadata == {"format": "mlx"} for s in shards)
+    # nothing but the finished folder next to it (no temporary leftovers)
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".")) == []
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        assert (converted / "gemma" / f).read_bytes() == (gemma / f).read_bytes()
+    assert json.loads((converted / "gemma" / "config.json").read_text())["text_config"]["hidden_size"] == 64
+    prompt = "a cat walks on the beach at sunset"
+    ids, mask = ltx_mlx.load(converted).tokenizer(max_length=16)(prompt)
+    ref_ids, ref_mask = PromptTokenizer(gemma, 16)(prompt)
+    assert np.array_equal(np.array(ids), np.array(ref_ids)) and np.array_equal(np.array(mask), np.array(ref_mask))
+    # the converted gemma/ is itself a loadable Gemma folder
+    assert load_gemma(converted / "gemma").config.num_hidden_layers == 7
+
+
+def test_bfloat16_conversion_matches_official_bf16_load(official, tmp_path):
+    version, tmp, ckpt, gemma, config = official
+    rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", tmp_path / "bf16")
+    assert rc == 0, err
+    bundle = ltx_mlx.load(tmp_path / "bf16")
+    assert "gemma" not in bundle.components  # no --gemma-root: text dims from caption_channels / projection width
+    for name in ("transformer", "video_decoder", "vocoder"):
+        ours = dict(tree_flatten(bundle.get(name).parameters()))
+        ref = dict(tree_flatten(official_component(name, ckpt, gemma).parameters()))
+        for k, v in ours.items():
+            assert v.dtype == mx.bfloat16, (name, k)
+            assert mx.array_equal(v, ref[k].astype(mx.bfloat16)).item(), (name, k)
+    with pytest.raises(ValueError, match="no gemma"):
+        bundle.gemma()
+
+
+# ---------------------------------------------------------------------------------------------- fp8 inputs
+
+
+def to_fp8(tensors: dict) -> tuple[dict, dict]:
+    """Block linears as float8_e4m3fn: even blocks with a per-tensor weight_scale (+ input_scale), odd ones cast-only."""
+    out, expected = dict(tensors), {}
+    for k, v in tensors.items():
+        if not (k.startswith("model.diffusion_model.transformer_blocks.") and k.endswith(("to_q.weight", "ff.net.2.weight"))):
+            continue
+        block = int(k.split(".")[3])
+        if block % 2 == 0:
+            scale = v.abs().max().float() / 448.0
+            w8 = (v.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+            out[k[: -len("weight")] + "weight_scale"] = scale.reshape(())
+            out[k[: -len("weight")] + "input_scale"] = torch.tensor(0.5)
+            expected[k] = w8.float() * scale
+        else:
+            w8 = (v.float() * 8).to(torch.float8_e4m3fn)
+            expected[k] = w8.float()
+        out[k] = w8
+    return out, expected
+
+
+def test_fp8_checkpoint_converts_to_reference_values(tmp_path):
+    tensors, config = official_tensors("2.3")
+    fp8, expected = to_fp8(tensors)
+    assert any(k.endswith("weight_scale") for k in fp8) and len(expected) >= 6
+    ckpt = save_official_checkpoint(tmp_path / "fp8.safetensors", fp8, config, "2.3.0")
+    assert SafetensorsFile(ckpt).dtype(next(iter(expected))) == "F8_E4M3"
+    for dtype, torch_dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", tmp_path / dtype, "--dtype", dtype)
+        assert rc == 0, err
+        stored = {}
+        for f in (tmp_path / dtype / "transformer").glob("*.safetensors"):
+            stored.update(load_file(str(f)))
+        assert not any(k.endswith(("weight_scale", "input_scale")) for k in stored)
+        for k, want in expected.items():
+            got = stored[k[len("model.diffusion_model."):]]
+            assert got.dtype == torch_dtype
+            assert torch.equal(got, want.to(torch_dtype)), k
+        model = ltx_mlx.load(tmp_path / dtype).transformer()  # strict load: no stray scale keys
+        assert model.transformer_blocks[0].attn1.to_q.weight.dtype == (mx.float32 if dtype == "float32" else mx.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def assert_clean_failure(rc, err, out: Path, *phrases):
+    assert rc == 1
+    assert err.count("\n") == 1 and err.startswith("convert.py: error: ") and "Traceback" not in err, err
+    for phrase in phrases:
+        assert phrase in err, err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
+
+
+@pytest.fixture(scope="module")
+def ltx23(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    ckpt, gemma, config = write_official(tmp, "2.3")
+    return tmp, ckpt, gemma, config
+
+
+def test_truncated_and_corrupt_checkpoints(ltx23, tmp_path):
+    _, ckpt, gemma, _ = ltx23
+    data = ckpt.read_bytes()
+    cases = {"truncated.safetensors": (data[: len(data) // 2], "truncated"),
+             "corrupt.safetensors": (data[:8] + b"{not json" + data[17:], "corrupt"),
+             "empty.safetensors": (b"", "empty"),
+             "random.safetensors": (os.urandom(4096), "not a safetensors file")}
+    for name, (content, phrase) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        out = tmp_path / f"out-{name}"
+        rc, err = run_cli("--checkpoint-path", tmp_path / name, "--gemma-root", gemma, "--mlx-path", out)
+        assert_clean_failure(rc, err, out, phrase)
+    rc, err = run_cli("--checkpoint-path", tmp_path / "missing.safetensors", "--mlx-path", tmp_path / "o")
+    assert_clean_failure(rc, err, tmp_path / "o", "does not exist")
+
+
+def test_missing_metadata_unknown_version_and_bad_config(ltx23, tmp_path):
+    _, ckpt, gemma, config = ltx23
+    tensors = load_file(str(ckpt))
+    cases = {
+        "no-metadata": (None, None, "no metadata 'config'"),
+        "ltx-video": (config, "0.9.8", "model_version '0.9.8'"),
+        "no-transformer": ({k: v for k, v in config.items() if k != "transformer"}, "2.3.0", "no 'transformer' section"),
+        "no-vae-section": ({k: v for k, v in config.items() if k != "vae"}, "2.3.0", "no 'vae' section"),
+        "not-ltx-transformer": ({**config, "transformer": {**config["transformer"], "qk_norm": "layer_norm"}}, "2.3.0",
+                                "qk_norm"),
+        "wrong-layer-count": ({**config, "transformer": {**config["transformer"], "num_layers": 5}}, "2.3.0",
+                              "missing: transformer_blocks.3."),
+    }
+    for name, (cfg, version, phrase) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata=None if cfg is None else
+                  {"config": json.dumps(cfg), **({"model_version": version} if version else {})})
+        out = tmp_path / f"out-{name}"
+        rc, err = run_cli("--checkpoint-path", path, "--gemma-root", gemma, "--mlx-path", out)
+        assert_clean_failure(rc, err, out, phrase)
+
+
+def test_mismatched_gemma_folder(ltx23, tmp_path):
+    from text_fixtures import save_gemma_folder, tiny_gemma
+
+    _, ckpt, gemma, _ = ltx23
+    other = save_gemma_folder(tiny_gemma("multimodal", hidden_size=32, intermediate_size=64), tmp_path / "g32")
+    rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", other, "--mlx-path", tmp_path / "o1")
+    assert_clean_failure(rc, err, tmp_path / "o1", "Gemma folder does not match", "512", "32 x 8 = 256")
+    no_tok = tmp_path / "no-tokenizer"
+    shutil.copytree(gemma, no_tok)
+    (no_tok / "tokenizer.json").unlink()
+    rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", no_tok, "--mlx-path", tmp_path / "o2")
+    assert_clean_failure(rc, err, tmp_path / "o2", "no Gemma tokenizer")
+    rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", ckpt, "--mlx-path", tmp_path / "o3")
+    assert_clean_failure(rc, err, tmp_path / "o3", "Gemma folder not found")
+
+
+def test_existing_output_force_and_disk_space(ltx23, tmp_path, monkeypatch):
+    _, ckpt, _, _ = ltx23
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", out)
+    assert rc == 1 and "already exists" in err and "--force" in err and err.count("\n") == 1
+    assert (out / "keep.txt").read_text() == "user data"
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1_000_000))
+    rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", tmp_path / "small")
+    assert_clean_failure(rc, err, tmp_path / "small", "not enough disk space")
+    monkeypatch.setattr(shutil, "disk_usage", real)
+
+    rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", out, "--force")
+    assert rc == 0, err
+    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+
+
+def test_interrupted_conversion_leaves_nothing(ltx23, tmp_path, monkeypatch):
+    import ltx_mlx.convert as conv
+
+    _, ckpt, gemma, _ = ltx23
+    calls = []
+    real = conv.write_component
+
+    def flaky(folder, tensors, max_shard_bytes):
+        calls.append(folder)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(folder, tensors, max_shard_bytes)
+
+    monkeypatch.setattr(conv, "write_component", flaky)
+    out = tmp_path / "out"
+    rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", out)
+    assert rc == 130 and "interrupted" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_weights_that_do_not_fit_the_config_fail_before_writing(ltx23, tmp_path):
+    _, ckpt, _, config = ltx23
+    tensors = load_file(str(ckpt))
+    tensors["model.diffusion_model.transformer_blocks.0.attn1.to_q.weight"] = torch.zeros(3, 3)
+    tensors["vocoder.extra.weight"] = torch.zeros(2)
+    path = save_official_checkpoint(tmp_path / "bad.safetensors", tensors, config, "2.3.0")
+    rc, err = run_cli("--checkpoint-path", path, "--mlx-path", tmp_path / "out")
+    assert_clean_failure(rc, err, tmp_path / "out", "transformer", "transformer_blocks.0.attn1.to_q.weight",
+                         "wrong shape")
+
+
+def test_inputs_from_the_hub_and_bad_flags(ltx23, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    _, ckpt, gemma, _ = ltx23
+    asked = []
+
+    def fake_download(repo_id, filename, **kw):
+        asked.append((repo_id, filename))
+        return str(ckpt)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    rc, err = run_cli("--checkpoint-path", "Lightricks/LTX-2.3/ltx-2.3-22b-dev.safetensors", "--mlx-path", tmp_path / "o")
+    assert rc == 0, err
+    assert asked == [("Lightricks/LTX-2.3", "ltx-2.3-22b-dev.safetensors")]
+
+    for bad in (["--q-bits", "3"], ["--dtype", "float64"], ["--distilled-lora", "a", "1", "2"]):
+        with pytest.raises(SystemExit) as e:
+            main(["--checkpoint-path", str(ckpt), *bad])
+        assert e.value.code == 2
+    rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", tmp_path / "o2", "--q-high-bits", "8")
+    assert_clean_failure(rc, err, tmp_path / "o2", "need -q")
+
+
+def test_bad_upsampler_inputs(ltx23, tmp_path):
+    tmp, ckpt, _, _ = ltx23
+    ups = write_upsamplers(tmp_path, "2.3")
+    temporal, spatial = ups["temporal_upsampler_x2"][1], ups["spatial_upsampler_x2"][1]
+    cases = ((["--spatial-upsampler-path", temporal], "is a temporal upsampler"),
+             (["--temporal-upsampler-path", spatial], "is a spatial upsampler"),
+             (["--spatial-upsampler-path", ckpt], "not a latent upsampler file"),
+             (["--spatial-upsampler-path", spatial, "--spatial-upsampler-path", spatial], "same component folder"))
+    for i, (args, phrase) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", out, *args)
+        assert_clean_failure(rc, err, out, phrase)

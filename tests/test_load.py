@@ -1,0 +1,105 @@
+"""`ltx_mlx.load`: official checkpoints converted once into the cache, converted folders and hub repo ids, components
+on demand and freed, prompts encoded from the converted folder exactly as from the official files, bad inputs."""
+
+import json
+import os
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+import ltx_mlx
+import ltx_mlx.bundle as bundle_module
+from convert_fixtures import write_official
+from ltx_mlx.checkpoint import CheckpointError
+from ltx_mlx.models.transformer import load_transformer
+from ltx_mlx.text_encoder import TextEncoder
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("load")
+    return write_official(tmp, "2")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTX_MLX_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_official_checkpoint_is_converted_once_into_the_cache(official, cache, monkeypatch):
+    ckpt, gemma, config = official
+    model = ltx_mlx.load(ckpt, gemma_root=gemma, dtype="float32", progress=False)
+    folders = list(cache.iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("ltx-2-tiny-float32-")
+    assert model.folder == folders[0] and model.dtype == "float32" and model.model_version == "2.0.0"
+    ref = dict(tree_flatten(load_transformer(ckpt).parameters()))
+    for k, v in tree_flatten(model.transformer().parameters()):
+        assert mx.array_equal(v, ref[k]).item(), k
+
+    def no_conversion(*a, **k):
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(bundle_module, "convert", no_conversion)
+    again = ltx_mlx.load(ckpt, gemma_root=gemma, dtype="float32")
+    assert again.folder == model.folder
+    with pytest.raises(AssertionError, match="converted twice"):  # other settings are another cache entry
+        ltx_mlx.load(ckpt, gemma_root=gemma, dtype="bfloat16")
+    monkeypatch.undo()
+    os.utime(ckpt, ns=(1, 1))  # the same path with new contents (identity: path, size, mtime) converts again
+    monkeypatch.setenv("LTX_MLX_CACHE", str(cache))
+    assert ltx_mlx.load(ckpt, gemma_root=gemma, dtype="float32", progress=False).folder != model.folder
+    assert len(list(cache.iterdir())) == 2 and not [p for p in cache.iterdir() if p.name.startswith(".")]
+
+
+def test_prompts_encode_as_from_the_official_files(official, cache):
+    ckpt, gemma, config = official
+    model = ltx_mlx.load(ckpt, gemma_root=gemma, dtype="float32", progress=False)
+    encoder = model.text_encoder(max_length=128)
+    ours = encoder.encode(["a red car in the city at night"], free_gemma=True)[0]
+    ref = TextEncoder.load(gemma, ckpt, dtype=mx.float32, max_length=128).encode(["a red car in the city at night"])[0]
+    for a, b in ((ours.video, ref.video), (ours.audio, ref.audio), (ours.mask, ref.mask)):
+        assert a.shape == b.shape and mx.array_equal(a, b).item()
+    assert encoder.gemma is None and {k[0] for k in model._loaded} == {"text_projection"}  # Gemma really freed
+    model.gemma()
+    assert {k[0] for k in model._loaded} == {"gemma", "text_projection"}
+    model.free("gemma")
+    assert {k[0] for k in model._loaded} == {"text_projection"}
+    model.free()
+    assert model._loaded == {}
+
+
+def test_converted_folder_from_the_hub(official, cache, monkeypatch):
+    import huggingface_hub
+
+    ckpt, gemma, config = official
+    folder = ltx_mlx.load(ckpt, dtype="float32", progress=False).folder
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(folder))
+    model = ltx_mlx.load("someone/ltx-2-mlx")
+    assert model.folder == folder and model.components == [
+        "transformer", "text_projection", "video_encoder", "video_decoder", "audio_encoder", "audio_decoder", "vocoder"]
+    assert model.vocoder() is model.vocoder()  # cached until freed
+    with pytest.raises(CheckpointError, match="has no gemma"):
+        model.gemma()
+    with pytest.raises(CheckpointError, match="0 spatial upsamplers"):
+        model.spatial_upsampler()
+
+
+def test_bad_paths(tmp_path, official):
+    ckpt, gemma, config = official
+    with pytest.raises(CheckpointError, match="not an ltx-mlx model config"):
+        ltx_mlx.load(gemma)  # a Hugging Face folder, not ours
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a converted ltx-mlx model"):
+        ltx_mlx.load(tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="neither a converted"):
+        ltx_mlx.load(tmp_path / "notes.txt")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(CheckpointError, match="not an ltx-mlx model config"):
+        ltx_mlx.load(tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ltx_mlx.load(tmp_path / "missing")
+    assert not hasattr(ltx_mlx, "nope")

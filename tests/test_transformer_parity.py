@@ -1,0 +1,171 @@
+"""The MLX transformer against the live reference LTXModel / X0Model, float32 on CPU.
+
+Each tiny reference model is saved as an official checkpoint (with text-connector and VAE keys beside it) and
+loaded through `load_transformer`; both then get the same inputs. Tolerance: max|ours−ref| ≤ 1e-5·max|ref|.
+"""
+
+import dataclasses
+
+import mlx.core as mx
+import pytest
+import torch
+from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier
+from ltx_core.guidance.perturbations import BatchedPerturbationConfig
+from ltx_core.model.transformer import Modality as RefModality, X0Model as RefX0Model
+from ltx_core.model.transformer import timestep_embedding
+from ltx_core.tools import AudioLatentTools, VideoLatentTools
+from ltx_core.types import AudioLatentShape, VideoLatentShape
+
+from dit_reference import (build_reference, fake_side_tensors, pinned_timestep_embedding, ref_perturbations,
+                           save_reference, tiny_config, to_ours)
+from ltx_mlx.models import transformer
+from ltx_mlx.models.transformer import Perturbation, Perturbations, Skip, X0Model, load_transformer
+from reference import assert_parity
+
+ERRORS = {}  # case -> worst relative error, printed at the end of each test
+
+
+@pytest.fixture(autouse=True)
+def _pinned_sinusoid(monkeypatch):
+    monkeypatch.setattr(timestep_embedding, "get_timestep_embedding", pinned_timestep_embedding)
+
+
+def make_inputs(cfg, batch=1, fps=24.0, seed=0, frames=3, h=2, w=3, audio_frames=7):
+    g = torch.Generator().manual_seed(seed)
+    C, AC = cfg["in_channels"], cfg["audio_in_channels"]
+    vshape = VideoLatentShape(batch, C, frames, h, w)
+    vstate = VideoLatentTools(VideoLatentPatchifier(1), vshape, fps=fps).create_initial_state(
+        "cpu", torch.float32, torch.randn(tuple(vshape.to_torch_shape()), generator=g))
+    ashape = AudioLatentShape(batch, 2, audio_frames, AC // 2)
+    astate = AudioLatentTools(AudioPatchifier(1), ashape).create_initial_state(
+        "cpu", torch.float32, torch.randn(tuple(ashape.to_torch_shape()), generator=g))
+    projected = not cfg.get("caption_proj_before_connector", False)
+    vctx_dim = cfg["caption_channels"] if projected else cfg["cross_attention_dim"]
+    actx_dim = cfg["caption_channels"] if projected else cfg["audio_cross_attention_dim"]
+    sigma = torch.linspace(0.8, 0.55, batch)
+    vmask, amask = vstate.denoise_mask, astate.denoise_mask
+    video = RefModality(latent=vstate.latent, sigma=sigma, timesteps=vmask * sigma[:, None, None],
+                        positions=vstate.positions, context=torch.randn(batch, 5, vctx_dim, generator=g))
+    audio = RefModality(latent=astate.latent, sigma=sigma.flip(0) * 0.9, timesteps=amask * sigma.flip(0)[:, None, None] * 0.9,
+                        positions=astate.positions, context=torch.randn(batch, 6, actx_dim, generator=g))
+    return video, audio, g
+
+
+def conditioned(video: RefModality, audio: RefModality, g, hw: int):
+    """Random per-token denoise masks, the first latent frame fully clean (image conditioning), a [0,1]
+    self-attention mask with hard zeros, and an integer text-context mask."""
+    B, T, _ = video.latent.shape
+    vmask = torch.rand(B, T, 1, generator=g)
+    vmask[:, :hw] = 0.0
+    amask = torch.rand(B, audio.latent.shape[1], 1, generator=g)
+    att = torch.rand(B, T, T, generator=g)
+    att[att < 0.2] = 0.0
+    att[:, torch.arange(T), torch.arange(T)] = 1.0
+    ctx_mask = torch.ones(B, video.context.shape[1], dtype=torch.int64)
+    ctx_mask[:, -2:] = 0
+    video = dataclasses.replace(video, timesteps=vmask * video.sigma[:, None, None], attention_mask=att,
+                                context_mask=ctx_mask)
+    audio = dataclasses.replace(audio, timesteps=amask * audio.sigma[:, None, None])
+    return video, audio
+
+
+def compare(case, ours_out, ref_out):
+    worst = 0.0
+    for name, o, r in zip(("video", "audio"), ours_out, ref_out):
+        assert (o is None) == (r is None), f"{case}: {name} presence differs"
+        if r is not None:
+            worst = max(worst, assert_parity(o, r, 1e-5, f"{case} {name}"))
+    ERRORS[case] = worst
+    return worst
+
+
+@pytest.fixture(scope="module", params=["2", "2.3", "2.3-interleaved"])
+def models(request, tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = tiny_config(request.param)
+    ref = build_reference(cfg)
+    path = save_reference(tmp_path_factory.mktemp("dit") / "model.safetensors", ref, cfg,
+                          "2.3.0" if request.param.startswith("2.3") else "2.0.0", fake_side_tensors())
+    return request.param, cfg, ref, load_transformer(path)
+
+
+def run_both(ref, ours, video, audio, per_sample=None, x0=False):
+    B = (video or audio).latent.shape[0]
+    per_sample = per_sample or [[] for _ in range(B)]
+    with torch.no_grad():
+        ref_model = RefX0Model(ref) if x0 else ref
+        ref_out = ref_model(video, audio, ref_perturbations(per_sample))
+    our_model = X0Model(ours) if x0 else ours
+    out = our_model(to_ours(video), to_ours(audio), Perturbations(per_sample))
+    mx.eval(out)
+    return out, ref_out
+
+
+def test_unpinned_sinusoid_differs_only_by_exp_rounding(models, monkeypatch):
+    """Against the reference with torch's own exp: only the 1-ulp frequency rounding separates us."""
+    monkeypatch.undo()
+    version, cfg, ref, ours = models
+    video, audio, _ = make_inputs(cfg)
+    out, ref_out = run_both(ref, ours, video, audio)
+    errs = [assert_parity(o, r, 5e-5, f"{version} unpinned {n}") for n, o, r in zip("va", out, ref_out)]
+    print(f"{version} with torch's exp: {errs[0]:.2e} {errs[1]:.2e}")
+
+
+def test_parity_plain_and_x0(models):
+    version, cfg, ref, ours = models
+    video, audio, _ = make_inputs(cfg)
+    compare(f"{version} plain", *run_both(ref, ours, video, audio))
+    compare(f"{version} x0", *run_both(ref, ours, video, audio, x0=True))
+    print({k: f"{v:.2e}" for k, v in ERRORS.items() if k.startswith(version + " ")})
+
+
+def test_parity_conditioning_masks(models):
+    version, cfg, ref, ours = models
+    video, audio, g = make_inputs(cfg, seed=1)
+    video, audio = conditioned(video, audio, g, hw=6)
+    compare(f"{version} masks", *run_both(ref, ours, video, audio))
+    compare(f"{version} masks x0", *run_both(ref, ours, video, audio, x0=True))
+
+
+def test_parity_perturbations(models):
+    version, cfg, ref, ours = models
+    video, audio, _ = make_inputs(cfg, seed=2)
+    stg = [Perturbation(Skip.VIDEO_SELF_ATTN, (1,)), Perturbation(Skip.AUDIO_SELF_ATTN, (1,))]
+    isolate = [Perturbation(Skip.A2V_CROSS_ATTN), Perturbation(Skip.V2A_CROSS_ATTN)]
+    out_stg, ref_stg = run_both(ref, ours, video, audio, [stg])
+    compare(f"{version} stg", out_stg, ref_stg)
+    plain = ref(video, audio, BatchedPerturbationConfig.empty(1))[0]
+    assert (ref_stg[0] - plain).abs().max() > 1e-3, "STG must change the reference output (test is blind otherwise)"
+    out_iso, ref_iso = run_both(ref, ours, video, audio, [isolate])
+    compare(f"{version} isolated", out_iso, ref_iso)
+
+
+def test_parity_batch_with_per_sample_perturbations(models):
+    version, cfg, ref, ours = models
+    video, audio, g = make_inputs(cfg, batch=2, seed=3, fps=25.0)
+    video, audio = conditioned(video, audio, g, hw=6)
+    per_sample = [[], [Perturbation(Skip.VIDEO_SELF_ATTN, (0, 1)), Perturbation(Skip.A2V_CROSS_ATTN, (1,)),
+                       Perturbation(Skip.V2A_CROSS_ATTN, (0,))]]
+    compare(f"{version} batch2", *run_both(ref, ours, video, audio, per_sample, x0=True))
+    # all samples perturbed: the attention is skipped, not blended
+    both = [per_sample[1], per_sample[1]]
+    compare(f"{version} batch2 all-perturbed", *run_both(ref, ours, video, audio, both))
+
+
+def test_parity_with_heads_split_over_cpu_streams(models, monkeypatch):
+    """Large attentions run as two head halves on two CPU streams; force that path at tiny size."""
+    monkeypatch.setattr(transformer, "_PARALLEL_MIN_SCORES", 0)
+    version, cfg, ref, ours = models
+    video, audio, g = make_inputs(cfg, batch=2, seed=5)
+    video, audio = conditioned(video, audio, g, hw=6)
+    per_sample = [[Perturbation(Skip.AUDIO_SELF_ATTN, (1,))], []]
+    compare(f"{version} cpu streams", *run_both(ref, ours, video, audio, per_sample))
+
+
+def test_parity_single_modality(models):
+    version, cfg, ref, ours = models
+    video, audio, g = make_inputs(cfg, seed=4)
+    video, audio = conditioned(video, audio, g, hw=6)
+    compare(f"{version} video-only", *run_both(ref, ours, video, None, x0=True))
+    compare(f"{version} audio-only", *run_both(ref, ours, None, audio, x0=True))
+    print({k: f"{v:.2e}" for k, v in sorted(ERRORS.items())})
