@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from ..convert import DTYPES, QUANTIZABLE, ConvertOptions, convert, quantization_plans
 from ..quantize import MODES
@@ -47,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quantize", action="store_true", help="quantize the transformer blocks and Gemma's layers")
     p.add_argument("--q-bits", type=int, choices=(4, 8), default=4, help="bits per weight (default: 4)")
     p.add_argument("--q-group-size", type=int, choices=(32, 64, 128), default=64, help="group size (default: 64)")
-    p.add_argument("--q-mode", choices=MODES, default="affine", help="quantization mode (default: affine)")
+    p.add_argument("--q-mode", choices=[m for m in MODES if m != "nvfp4"], default="affine",
+                   help="quantization mode (default: affine; mxfp4/mxfp8 need --q-group-size 32)")
     p.add_argument("--quantize-components", nargs="+", choices=QUANTIZABLE, default=list(QUANTIZABLE),
                    help="which components -q quantizes (default: transformer gemma)")
     p.add_argument("--transformer-q-bits", type=int, choices=(4, 8), help="bits for the transformer (default: --q-bits)")
@@ -86,8 +89,23 @@ def main(argv=None) -> int:
         message = " ".join(str(e).split())
         print(f"convert.py: error: {message}", file=sys.stderr)
         return 1
-    print(f"converted to {out}")
+    print(summary(out))
     return 0
+
+
+def summary(folder) -> str:
+    """One line per component: its size on disk and how it is quantized."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    lines = [f"converted LTX {config['model_version'] or '(no model_version)'} to {folder} ({config['dtype']}):"]
+    for name in config["components"]:
+        size = sum(f.stat().st_size for f in (Path(folder) / name).glob("*.safetensors"))
+        q = config["quantization"].get(name)
+        how = f", {q['bits']}-bit {q['mode']} (group {q['group_size']})" if q else ""
+        high = [v["bits"] for v in (q or {}).values() if isinstance(v, dict)]
+        if high:
+            how += f", {max(high)}-bit in {len(high)} edge-block layers"
+        lines.append(f"  {name:<24} {size / 1e9:8.3f} GB{how}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
