@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import ltx_mlx
+import mlx.core as mx
+from ltx_mlx.models.vae_tiling import SpatialTilingConfig, TemporalTilingConfig, TilingConfig
 from ltx_mlx.bundle import LTXModelBundle
 from ltx_mlx.cli.generate import main as generate
 from pipeline_fixtures import convert_folder, write_pipeline_checkpoints
@@ -116,6 +118,47 @@ def test_python_api(models, tmp_path):
     assert frames.shape == result.frames.shape and rate == 24 and audio[:3] == ("aac", 2, result.sample_rate)
     again = pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, seed=1, progress=False)
     assert np.array_equal(again.frames, result.frames) and np.array_equal(again.audio, result.audio)
+
+
+def test_injected_noise_replaces_the_seed(models):
+    pipe = ltx_mlx.load(models["distilled"])
+    rng = np.random.default_rng(0)
+    # stage 1: 3 latent frames x 1 x 2 tokens at half size; stage 2: 3 x 2 x 4; audio: round(17 / 24 * 25) frames
+    noise = [{"video": rng.standard_normal((1, n, 8)).astype(np.float32),
+              "audio": rng.standard_normal((1, 18, 32)).astype(np.float32)} for n in (6, 24)]
+    runs = [pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, seed=s, progress=False,
+                          noise=[{k: mx.array(v) for k, v in n.items()} for n in noise]) for s in (1, 2)]
+    seeded = pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, seed=1, progress=False)
+    assert np.array_equal(runs[0].frames, runs[1].frames) and np.array_equal(runs[0].audio, runs[1].audio)
+    assert not np.array_equal(runs[0].frames, seeded.frames)
+    with pytest.raises(ValueError, match="expected"):
+        pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, progress=False,
+                      noise=[{"video": mx.zeros((1, 5, 8)), "audio": mx.zeros((1, 18, 32))}])
+    with pytest.raises(ValueError, match="one entry per stage"):
+        pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, progress=False, noise=[None, None, None])
+
+
+def test_tiled_decode_streams_chunks_into_the_writer(models, tmp_path, monkeypatch):
+    import ltx_mlx.pipelines.common as common
+
+    chunks = []
+    real = common.write_mp4
+
+    def spy(path, video, *args, **kwargs):
+        def counted():
+            for c in video:
+                chunks.append(c.shape)
+                yield c
+        return real(path, counted(), *args, **kwargs)
+
+    monkeypatch.setattr(common, "write_mp4", spy)
+    tiling = TilingConfig(SpatialTilingConfig(64, 32), TemporalTilingConfig(16, 8))
+    out = tmp_path / "tiled.mp4"
+    result = ltx_mlx.load(models["distilled"]).generate(prompt=PROMPT, height=128, width=128, num_frames=33,
+                                                       tiling=tiling, output_path=out, progress=False)
+    frames, _, _ = read_mp4(out)
+    assert len(chunks) > 1 and sum(c[0] for c in chunks) == 33 and frames.shape == (33, 128, 128, 3)
+    assert result.frames.shape == frames.shape
 
 
 # ---------------------------------------------------------------------------------------------- bad input

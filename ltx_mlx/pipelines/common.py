@@ -135,6 +135,11 @@ class Generation:
 
     # -- steps
 
+    def load_transformer(self, loras=None, name: str = "load transformer") -> X0Model:
+        """The denoiser (x0 predictions), with `loras` fused (None: the bundle's own LoRAs)."""
+        with self.stage(name):
+            return X0Model(self.bundle.transformer(loras))
+
     def encode_text(self) -> tuple[TextContext, TextContext | None]:
         """Gemma runs the prompt(s) and is freed before the text projection is loaded; then that is freed too."""
         prompts = [self.s.prompt] + ([self.s.negative_prompt] if self.s.negative_prompt is not None else [])

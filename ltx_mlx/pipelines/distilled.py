@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ..conditioning import combined_image_conditionings
 from ..diffusion import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
-from ..models.transformer import X0Model
 from .common import Generation, GenerationResult, euler_loop, simple
 
 
@@ -21,7 +20,7 @@ def run(g: Generation, distilled_checkpoint: bool = True) -> GenerationResult:
 
     # 3. Stage 1 at half size. A dev checkpoint runs here with the distilled LoRA fused.
     loras = None if distilled_checkpoint else [*g.bundle.loras, g.bundle.distilled_lora()]
-    model = X0Model(g.bundle.transformer(loras))
+    model = g.load_transformer(loras)
     audio_tools = g.audio_tools()
     video, audio = g.denoise("stage 1", 0, euler_loop(simple(model, context)), DISTILLED_SIGMA_VALUES,
                              g.video_tools(*half), audio_tools, cond_1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ..conditioning import combined_image_conditionings
 from ..diffusion import STAGE_2_DISTILLED_SIGMA_VALUES, LTX2Scheduler
-from ..models.transformer import X0Model
 from .common import Generation, GenerationResult, guided, res2s_loop, simple
 
 
@@ -21,7 +20,7 @@ def run(g: Generation) -> GenerationResult:
     (cond_1, cond_2), stats = g.encode_images([half, full], combined_image_conditionings)
 
     # 3. Stage 1: res_2s, guided, the schedule's shift from the stage-1 latent's token count.
-    model = X0Model(g.bundle.transformer([*g.bundle.loras, g.bundle.distilled_lora(strength_1)]))
+    model = g.load_transformer([*g.bundle.loras, g.bundle.distilled_lora(strength_1)])
     video_tools, audio_tools = g.video_tools(*half), g.audio_tools()
     latent_shape = (1, video_tools.channels, video_tools.frames, video_tools.height, video_tools.width)
     sigmas = LTX2Scheduler().execute(steps=s.num_inference_steps, latent=latent_shape)
@@ -34,7 +33,7 @@ def run(g: Generation) -> GenerationResult:
     video = g.upsample(video, stats)
 
     # 5. Stage 2: res_2s on the stage-2 table, positive prompt only, the distilled LoRA at the stage-2 strength.
-    model = X0Model(g.bundle.transformer([*g.bundle.loras, g.bundle.distilled_lora(strength_2)]))
+    model = g.load_transformer([*g.bundle.loras, g.bundle.distilled_lora(strength_2)], "load stage-2 transformer")
     sigmas = STAGE_2_DISTILLED_SIGMA_VALUES
     loop = res2s_loop(simple(model, positive), **g.res2s_noise(1))
     video, audio = g.denoise("stage 2", 1, loop, sigmas, g.video_tools(*full), audio_tools, cond_2,

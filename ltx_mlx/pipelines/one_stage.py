@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ..conditioning import combined_image_conditionings
 from ..diffusion import LTX2Scheduler
-from ..models.transformer import X0Model
 from .common import Generation, GenerationResult, euler_loop, guided
 
 
@@ -19,7 +18,7 @@ def run(g: Generation) -> GenerationResult:
     (conditionings,), _ = g.encode_images([(s.height, s.width)], combined_image_conditionings)
 
     # 3. Guided denoising (the scheduler is called without a latent, as the reference does).
-    model = X0Model(g.bundle.transformer())
+    model = g.load_transformer()
     sigmas = LTX2Scheduler().execute(steps=s.num_inference_steps)
     video, audio = g.denoise("denoise", 0, euler_loop(guided(model, positive, negative, s)), sigmas,
                              g.video_tools(s.height, s.width), g.audio_tools(), conditionings)

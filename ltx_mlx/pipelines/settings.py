@@ -164,6 +164,7 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
     if spec.name == "hq":
         distilled_lora_strengths = tuple(HQ_DISTILLED_LORA_STRENGTHS[i] if s is None else float(s)
                                          for i, s in enumerate(distilled_lora_strengths))
+    check_noise(noise, 2 if spec.two_stage else 1)
     negative = negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
     return Settings(
         pipeline=spec, prompt=prompt, negative_prompt=negative if spec.guided else None,
@@ -176,6 +177,24 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
         tiling=TilingConfig.default() if tiling == "default" else tiling,
         distilled_lora_strengths=tuple(distilled_lora_strengths), noise=tuple(noise or ()),
         output_path=None if output_path is None else os.fspath(output_path))
+
+
+NOISE_KEYS = ("video", "audio", "step_noise", "substep_noise")
+
+
+def check_noise(noise: Sequence | None, stages: int):
+    """Injected noise: per stage None or {"video": ..., "audio": ...} (+ res_2s "step_noise"/"substep_noise")."""
+    if noise is None:
+        return
+    if isinstance(noise, dict) or len(noise) > stages:
+        raise ValueError(f"noise is a list with one entry per stage ({stages} here), each None or a dict with "
+                         "'video' and 'audio' token-space arrays")
+    for i, entry in enumerate(noise):
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not {"video", "audio"} <= set(entry) or set(entry) - set(NOISE_KEYS):
+            raise ValueError(f"noise for stage {i + 1} must be a dict with 'video' and 'audio' arrays (and optionally "
+                             f"'step_noise'/'substep_noise' for res_2s), got {entry!r:.80}")
 
 
 def is_distilled_checkpoint(config: dict) -> bool:

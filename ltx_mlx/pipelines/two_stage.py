@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from ..conditioning import combined_image_conditionings
 from ..diffusion import STAGE_2_DISTILLED_SIGMA_VALUES, LTX2Scheduler
-from ..models.transformer import X0Model
 from .common import Generation, GenerationResult, euler_loop, guided, simple
 
 
@@ -21,7 +20,7 @@ def run(g: Generation, image_conditionings=combined_image_conditionings) -> Gene
     (cond_1, cond_2), stats = g.encode_images([half, full], image_conditionings)
 
     # 3. Stage 1: guided, at half size, with the user's LoRAs only.
-    model = X0Model(g.bundle.transformer())
+    model = g.load_transformer()
     audio_tools = g.audio_tools()
     sigmas = LTX2Scheduler().execute(steps=s.num_inference_steps)
     video, audio = g.denoise("stage 1", 0, euler_loop(guided(model, positive, negative, s)), sigmas,
@@ -34,7 +33,7 @@ def run(g: Generation, image_conditionings=combined_image_conditionings) -> Gene
 
     # 5. Stage 2: the distilled LoRA fused in, positive prompt only, at full size.
     strength = s.distilled_lora_strengths[1]
-    model = X0Model(g.bundle.transformer([*g.bundle.loras, g.bundle.distilled_lora(strength)]))
+    model = g.load_transformer([*g.bundle.loras, g.bundle.distilled_lora(strength)], "load stage-2 transformer")
     sigmas = STAGE_2_DISTILLED_SIGMA_VALUES
     video, audio = g.denoise("stage 2", 1, euler_loop(simple(model, positive)), sigmas, g.video_tools(*full),
                              audio_tools, cond_2, noise_scale=sigmas[0], initial_video=video, initial_audio=audio)
