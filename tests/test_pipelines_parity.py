@@ -4,7 +4,8 @@ A tiny official LTX-2.3 checkpoint built from the reference is converted with co
 `ltx_mlx.load`; the reference transformer gets the same weights. Both sides run `denoise_audio_video`-style
 stages from the same noise and random text contexts: the distilled pair of stages (simple denoising, the
 distilled tables, stage 2 re-noised at 0.909375 from stage 1's latents) and a guided stage (CFG + STG +
-modality isolation + rescale, with an image at frame 0 and a keyframe). Final video and audio latents must
+modality isolation + rescale, with an image at frame 0 and a keyframe), and the HQ res_2s stage (guided, token-
+shifted schedule, the reference's fixed-seed SDE noise replayed). Final video and audio latents must
 agree within 1e-4 × max|ref|.
 """
 
@@ -14,8 +15,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from ltx_core.components.diffusion_steps import EulerDiffusionStep
-from ltx_core.components.guiders import MultiModalGuiderParams as RefGuiderParams
+from ltx_core.components.diffusion_steps import EulerDiffusionStep, Res2sDiffusionStep
+from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams as RefGuiderParams
 from ltx_core.components.guiders import create_multimodal_guider_factory
 from ltx_core.components.schedulers import LTX2Scheduler as RefScheduler
 from ltx_core.conditioning import VideoConditionByKeyframeIndex as RefKeyframe
@@ -24,9 +25,9 @@ from ltx_core.model.transformer import LTXModelConfigurator, X0Model as RefX0Mod
 from ltx_core.model.transformer import timestep_embedding
 from ltx_core.types import AudioLatentShape, VideoPixelShape
 from ltx_pipelines.utils.constants import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
-from ltx_pipelines.utils.helpers import (denoise_audio_video, multi_modal_guider_factory_denoising_func,
-                                         simple_denoising_func)
-from ltx_pipelines.utils.samplers import euler_denoising_loop
+from ltx_pipelines.utils.helpers import (denoise_audio_video, multi_modal_guider_denoising_func,
+                                         multi_modal_guider_factory_denoising_func, simple_denoising_func)
+from ltx_pipelines.utils.samplers import euler_denoising_loop, res2s_audio_video_denoising_loop
 from ltx_pipelines.utils.types import PipelineComponents
 
 import ltx_mlx
@@ -35,7 +36,7 @@ from dit_reference import pinned_timestep_embedding
 from ltx_mlx.conditioning import VideoConditionByKeyframeIndex, VideoConditionByLatentIndex
 from ltx_mlx.diffusion import LTX2Scheduler
 from ltx_mlx.models.transformer import X0Model
-from ltx_mlx.pipelines.common import Generation, euler_loop, guided, simple
+from ltx_mlx.pipelines.common import Generation, euler_loop, guided, res2s_loop, simple
 from ltx_mlx.pipelines.settings import resolve_settings
 from ltx_mlx.text_encoder import TextContext
 from pipeline_fixtures import AUDIO_TOKEN_WIDTH, VIDEO_LATENT_CHANNELS, convert_folder, write_pipeline_checkpoints
@@ -179,3 +180,47 @@ def test_guided_stage_matches_the_reference(models):
     ours = g.denoise("guided", 0, euler_loop(guided(model, ctx, neg, g.s)), LTX2Scheduler().execute(steps=steps),
                      vt, at, conds)
     compare("guided stage (CFG+STG+modality+rescale, I2V + keyframe)", ours, ref)
+
+
+def test_hq_res2s_stage_matches_the_reference(models):
+    """HQ stage 1: res_2s with guidance (HQ-style CFG + modality + rescale) on the token-shifted schedule; the
+    reference draws its SDE noise from its fixed-seed generators, which we replay and inject."""
+    pipe, ref_model, cfg = models
+    (rv, ra), ctx = contexts(cfg, 8)
+    (nv, na), neg = contexts(cfg, 9)
+    shape = VideoPixelShape(batch=1, frames=FRAMES, height=H, width=W, fps=FPS)
+    components = PipelineComponents(dtype=torch.float32, device=torch.device("cpu"))
+    components.video_latent_channels = VIDEO_LATENT_CHANNELS
+    gen = torch.Generator().manual_seed(10)
+    image = torch.randn(1, VIDEO_LATENT_CHANNELS, 1, H // 32, W // 32, generator=gen)
+    video_params = dict(cfg_scale=3.0, stg_scale=0.0, stg_blocks=[], rescale_scale=0.45, modality_scale=3.0)
+    audio_params = dict(cfg_scale=7.0, stg_scale=0.0, stg_blocks=[], rescale_scale=1.0, modality_scale=3.0)
+    g0 = generation(pipe, "hq", ())
+    vt, at = g0.video_tools(H, W), g0.audio_tools()
+    steps = 3
+    noise = stage_noise(11, vt.token_count, at.token_count)
+
+    def replay(seed):  # the reference's generator draws: per step, video then audio, float64
+        generator = torch.Generator().manual_seed(seed)
+        shapes = [(1, vt.token_count, VIDEO_LATENT_CHANNELS), (1, at.token_count, AUDIO_TOKEN_WIDTH)]
+        return [mx.array(torch.randn(s, generator=generator, dtype=torch.float64).float().numpy())
+                for _ in range(steps) for s in shapes]
+
+    injected = {**as_noise(*noise), "step_noise": replay(-1), "substep_noise": replay(9999)}
+    g = generation(pipe, "hq", (injected,), video_guidance=video_params, audio_guidance=audio_params)
+
+    def ref_loop(sigmas, v, a, stepper):
+        fn = multi_modal_guider_denoising_func(MultiModalGuider(RefGuiderParams(**video_params), nv),
+                                               MultiModalGuider(RefGuiderParams(**audio_params), na), rv, ra, ref_model)
+        return res2s_audio_video_denoising_loop(sigmas, v, a, stepper, fn, model_dtype=torch.float32)
+
+    latent_shape = (1, VIDEO_LATENT_CHANNELS, vt.frames, vt.height, vt.width)
+    with torch.no_grad():
+        sigmas = RefScheduler().execute(steps=steps, latent=torch.empty(latent_shape)).to(torch.float32)
+        ref = denoise_audio_video(shape, [RefLatentIndex(image, 1.0, 0)], InjectedNoiser(noise), sigmas,
+                                  Res2sDiffusionStep(), ref_loop, components, torch.float32, torch.device("cpu"))
+    model = X0Model(pipe.transformer())
+    conds = [VideoConditionByLatentIndex(mx.array(image.numpy().transpose(0, 2, 3, 4, 1)), 1.0, 0)]
+    loop = res2s_loop(guided(model, ctx, neg, g.s), **g.res2s_noise(0))
+    ours = g.denoise("stage 1", 0, loop, LTX2Scheduler().execute(steps=steps, latent=latent_shape), vt, at, conds)
+    compare("hq stage 1 (res_2s, guided, token-shifted schedule)", ours, ref)
