@@ -22,7 +22,7 @@ import mlx.nn as nn
 
 from .checkpoint import CheckpointError, load_strict
 from .components import build
-from .convert import CONFIG_NAME, FORMAT, ConvertOptions, convert
+from .convert import CONFIG_NAME, FORMAT, ConvertOptions, convert, quantization_plans
 from .lora import LoRA, fuse_loras, read_lora
 from .model_folder import read_component, resolve_path
 from .models.gemma3 import read_gemma_config
@@ -242,12 +242,13 @@ def cached_conversion(checkpoint: str, gemma_root: str | None = None, spatial_up
 
 def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gemma_root: str | None = None,
          spatial_upsamplers: Iterable[str] = (), temporal_upsamplers: Iterable[str] = (), dtype: str = "bfloat16",
-         quantize: dict[str, QuantizationPlan] | None = None, progress: bool = True) -> LTXModelBundle:
+         quantize: int | dict[str, QuantizationPlan] | None = None, progress: bool = True) -> LTXModelBundle:
     """Open an LTX-2 / LTX-2.3 model for MLX.
 
     `path_or_repo`: a converted folder, a Hugging Face repo id of one (`owner/name`), or an official
     single-file checkpoint (local, or `owner/name/file.safetensors`) — converted once into
-    `~/.cache/ltx-mlx` (or `$LTX_MLX_CACHE`) with `gemma_root`, upsamplers, `dtype` and `quantize`.
+    `~/.cache/ltx-mlx` (or `$LTX_MLX_CACHE`) with `gemma_root`, upsamplers, `dtype` and `quantize` (bits for
+    the transformer and Gemma, or plans from `convert.quantization_plans`).
     `loras` are fused into the transformer in memory whenever it is loaded.
     """
     path = resolve_path(os.fspath(path_or_repo))
@@ -255,7 +256,8 @@ def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gem
         return LTXModelBundle(path, loras)
     if not path.endswith(".safetensors"):
         raise CheckpointError(f"{path} is neither a converted ltx-mlx folder nor an official .safetensors checkpoint")
-    opts = ConvertOptions(dtype=dtype, quantize=dict(quantize or {}), progress=progress)
+    plans = quantization_plans(quantize) if isinstance(quantize, int) else dict(quantize or {})
+    opts = ConvertOptions(dtype=dtype, quantize=plans, progress=progress)
     spatial = [resolve_path(p) for p in spatial_upsamplers]
     temporal = [resolve_path(p) for p in temporal_upsamplers]
     folder = cached_conversion(path, resolve_path(gemma_root) if gemma_root else None, spatial, temporal, opts)

@@ -58,7 +58,9 @@ CHECKPOINT_COMPONENTS = (
     Component("audio_decoder", _vae_part(audio_vae.DECODER_PREFIX, audio_vae.STATISTICS_PREFIX), audio_vae.sanitize),
     Component("vocoder", _strip(vocoder.VOCODER_PREFIX), vocoder.sanitize),
 )
-GEMMA = Component("gemma", gemma_route, gemma_sanitize, decoder_layer_linears)
+# Gemma keys stay Hugging Face names until `sanitize` (which also drops the vision tower and LM head).
+GEMMA = Component("gemma", lambda key: key if gemma_route(key) is not None else None, gemma_sanitize,
+                  decoder_layer_linears)
 # The official checkpoint's config section each component is built from.
 CONFIG_SECTION = {"transformer": "transformer", "text_projection": "transformer", "video_encoder": "vae",
                   "video_decoder": "vae", "audio_encoder": "audio_vae", "audio_decoder": "audio_vae",

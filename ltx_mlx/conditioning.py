@@ -207,12 +207,12 @@ def _check_strength(strength: float) -> float:
     return strength
 
 
-def _append(state: LatentState, tools: VideoLatentTools, tokens: mx.array, positions: mx.array, strength: float,
-            attention_mask=None) -> LatentState:
+def _append(state: LatentState, tools: VideoLatentTools, tokens: mx.array, positions: mx.array,
+            strength: float) -> LatentState:
     """Append tokens at the end; their mask `1 − strength` is rounded to the latent dtype first, as the
     reference builds it in that dtype. Concatenation promotes (bf16 positions + fp32 → fp32)."""
     mask = mx.full((*tokens.shape[:2], 1), 1.0 - strength, dtype=tokens.dtype)
-    new_attention = update_attention_mask(state, attention_mask, tools.token_count, tokens.shape[1], tokens.shape[0],
+    new_attention = update_attention_mask(state, None, tools.token_count, tokens.shape[1], tokens.shape[0],
                                           tokens.dtype)
     return LatentState(
         latent=mx.concatenate([state.latent, tokens], axis=1),
@@ -306,6 +306,35 @@ class ConditioningItemAttentionStrengthWrapper:
         mask = update_attention_mask(state, self.attention_mask, tools.token_count, num_new,
                                      new_state.latent.shape[0], new_state.latent.dtype)
         return replace(new_state, attention_mask=mask)
+
+
+def _area_matrix(src: int, dst: int) -> np.ndarray:
+    """Rows average the source cells [floor(i·src/dst), ceil((i+1)·src/dst)) (torch's "area" resize)."""
+    m = np.zeros((dst, src), np.float32)
+    for i in range(dst):
+        lo, hi = (i * src) // dst, -((-(i + 1) * src) // dst)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def downsample_mask_to_latent(mask, frames: int, height: int, width: int) -> mx.array:
+    """IC-LoRA pixel attention mask `(B, F_pix, H_pix, W_pix)` in [0, 1] → per-token weights `(B, frames·h·w)`:
+    area-resized per frame, first frame kept, the rest averaged over groups of `(F_pix − 1)/(frames − 1)`."""
+    x = np.asarray(mask, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"The conditioning attention mask must be (B, frames, H, W), got shape {x.shape}.")
+    f_pix = x.shape[1]
+    x = _area_matrix(x.shape[2], height) @ x @ _area_matrix(x.shape[3], width).T
+    if f_pix > 1 and frames > 1:
+        if (f_pix - 1) % (frames - 1):
+            raise ValueError(f"A mask of {f_pix} frames does not map onto {frames} latent frames: "
+                             f"(frames − 1) must divide {f_pix - 1}.")
+        t = (f_pix - 1) // (frames - 1)
+        rest = x[:, 1:].reshape(x.shape[0], frames - 1, t, height, width).mean(axis=2)
+        x = np.concatenate([x[:, :1], rest], axis=1)
+    else:
+        x = x[:, :1]
+    return mx.array(x.reshape(x.shape[0], -1))
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,17 @@ def _text_dims(sf: SafetensorsFile, config: dict, gemma_cfg) -> dict:
     return {"embedding_dim": D, "num_states": L}
 
 
+def resolve_file(path: str, what: str) -> str:
+    """A local file, or `owner/name/file` from the hub; a bare repo id would download a whole repository."""
+    if not os.path.exists(path) and len(path.strip("/").split("/")) == 2 and not path.startswith((".", "/", "~")):
+        raise ValueError(f"{what} {path!r} looks like a Hugging Face repo id: name the file inside it, "
+                         f"e.g. {path}/<file>.safetensors")
+    resolved = resolve_path(path)
+    if os.path.isdir(resolved):
+        raise ValueError(f"{what} {path!r} is a folder; pass the .safetensors file")
+    return resolved
+
+
 def read_checkpoint(path: str) -> tuple[SafetensorsFile, dict, str | None]:
     """The official file, its metadata config and model_version, with clear errors for anything else."""
     sf = StreamingFile(path)
@@ -364,19 +375,20 @@ def plan_conversion(checkpoint_path: str, gemma_root: str | None = None,
     if unknown:
         raise ValueError(f"cannot quantize {sorted(unknown)}: only {', '.join(QUANTIZABLE)} are quantizable")
     dtype = DTYPES[opts.dtype]
-    sf, config, version = read_checkpoint(resolve_path(checkpoint_path))
+    sf, config, version = read_checkpoint(resolve_file(checkpoint_path, "the checkpoint"))
     gemma_folder = Path(resolve_path(gemma_root)) if gemma_root else None
     gemma_job = _gemma_job(str(gemma_folder)) if gemma_folder else None
     jobs = _checkpoint_jobs(sf, config, gemma_job.model.config if gemma_job else None)
     jobs += [gemma_job] if gemma_job else []
     for kind, paths in (("spatial_upsampler", spatial_upsampler_paths), ("temporal_upsampler", temporal_upsampler_paths)):
-        jobs += [_upsampler_job(resolve_path(p), kind) for p in paths]
+        jobs += [_upsampler_job(resolve_file(p, f"the {kind.replace('_', ' ')}"), kind) for p in paths]
     names = [j.entry["folder"] for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"two inputs convert to the same component folder ({names}); pass each upsampler once")
 
-    loras = [read_lora(resolve_path(p), s) for p, s in opts.loras]
-    distilled = read_lora(resolve_path(opts.distilled_lora[0]), opts.distilled_lora[1]) if opts.distilled_lora else None
+    loras = [read_lora(resolve_file(p, "the LoRA"), s) for p, s in opts.loras]
+    distilled = (read_lora(resolve_file(opts.distilled_lora[0], "the distilled LoRA"), opts.distilled_lora[1])
+                 if opts.distilled_lora else None)
     unmatched = []
     for job in jobs:
         if job.component.name == "transformer":

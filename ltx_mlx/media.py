@@ -61,9 +61,70 @@ def decode_image(path) -> np.ndarray:
     check_readable(path, "image")
     try:
         with av.open(os.fspath(path)) as container:
-            return _first_video_frame(container).to_ndarray(format="rgb24")
+            frame = _first_video_frame(container)
+            if container.streams.video[0].codec_context.name == "mjpeg" and frame.format.name in _JPEG_CHROMA:
+                return _jpeg_to_rgb(frame)
+            return frame.to_ndarray(format="rgb24")
     except (av.FFmpegError, StopIteration, ValueError) as e:
-        raise ValueError(f"Could not read an image from {os.fspath(path)!r} ({e}); use a PNG, JPEG or video file.") from e
+        raise ValueError(f"Could not read an image from {os.fspath(path)!r} ({e}); "
+                         "use a PNG, JPEG or video file.") from e
+
+
+# JPEG colour as libjpeg (the reference reads images with Pillow): "fancy" triangle-filter chroma upsampling
+# and libjpeg's 16-bit fixed-point YCbCr → RGB. Only the decoders' IDCTs then differ (±1 on a few samples).
+_JPEG_CHROMA = {"yuvj444p": (1, 1), "yuvj422p": (2, 1), "yuvj420p": (2, 2)}
+
+
+def _neighbours(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([x[:, :1], x[:, :-1]], axis=1), np.concatenate([x[:, 1:], x[:, -1:]], axis=1)
+
+
+def _interleave(even: np.ndarray, odd: np.ndarray) -> np.ndarray:
+    return np.stack([even, odd], axis=-1).reshape(even.shape[0], -1)
+
+
+def _fancy_h2v1(p: np.ndarray) -> np.ndarray:
+    last, nxt = _neighbours(p)
+    even, odd = (3 * p + last + 1) >> 2, (3 * p + nxt + 2) >> 2
+    even[:, 0], odd[:, -1] = p[:, 0], p[:, -1]
+    return _interleave(even, odd)
+
+
+def _fancy_h2v2_row(cs: np.ndarray) -> np.ndarray:
+    """One output row from column sums `3·nearer row + farther row`."""
+    last, nxt = _neighbours(cs)
+    even, odd = (3 * cs + last + 8) >> 4, (3 * cs + nxt + 7) >> 4
+    even[:, 0], odd[:, -1] = (4 * cs[:, 0] + 8) >> 4, (4 * cs[:, -1] + 7) >> 4
+    return _interleave(even, odd)
+
+
+def _upsample_chroma(p: np.ndarray, factors: tuple[int, int], height: int, width: int) -> np.ndarray:
+    p = p.astype(np.int32)
+    if factors == (2, 2):
+        up = np.concatenate([p[:1], p[:-1]])
+        down = np.concatenate([p[1:], p[-1:]])
+        rows = [_fancy_h2v2_row(3 * p + up), _fancy_h2v2_row(3 * p + down)]
+        p = np.stack(rows, axis=1).reshape(-1, rows[0].shape[1])
+    elif factors == (2, 1):
+        p = _fancy_h2v1(p)
+    return p[:height, :width]
+
+
+def _jpeg_to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    y, cb, cr = (np.frombuffer(pl, np.uint8)[:pl.height * pl.line_size].reshape(pl.height, pl.line_size)[:, :pl.width]
+                 for pl in frame.planes)
+    height, width = y.shape
+    factors = _JPEG_CHROMA[frame.format.name]
+    cb, cr = (_upsample_chroma(p, factors, height, width).astype(np.int64) - 128 for p in (cb, cr))
+
+    def fix(c):
+        return int(c * 65536 + 0.5)
+
+    y = y.astype(np.int64)
+    r = y + ((fix(1.40200) * cr + 32768) >> 16)
+    g = y + ((-fix(0.34414) * cb + 32768 - fix(0.71414) * cr) >> 16)
+    b = y + ((fix(1.77200) * cb + 32768) >> 16)
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
 
 
 def crf_round_trip(image: np.ndarray, crf: float = DEFAULT_IMAGE_CRF) -> np.ndarray:
@@ -228,7 +289,9 @@ def as_frame_rate(fps) -> Fraction:
     return rate
 
 
-def _stereo_s16(audio, sample_rate: int) -> av.AudioFrame:
+def _stereo_s16(audio, sample_rate) -> av.AudioFrame:
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ValueError(f"The audio sample rate must be a positive integer, got {sample_rate!r}.")
     x = np.asarray(audio, dtype=np.float32)
     if x.ndim == 1:
         x = x[None]
@@ -237,17 +300,15 @@ def _stereo_s16(audio, sample_rate: int) -> av.AudioFrame:
     x = np.broadcast_to(x, (2, x.shape[1]))
     pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)  # truncates toward zero, as torch's .to(int16)
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm.T).reshape(1, -1), format="s16", layout="stereo")
-    frame.sample_rate, frame.pts = sample_rate, 0
+    frame.sample_rate, frame.pts = int(sample_rate), 0
     return frame
 
 
-def _encode_audio(container, audio, sample_rate: int) -> deque:
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise ValueError(f"The audio sample rate must be a positive integer, got {sample_rate!r}.")
-    frame = _stereo_s16(audio, int(sample_rate))
-    stream = container.add_stream("aac", rate=int(sample_rate))
+def _encode_audio(container, frame: av.AudioFrame) -> deque:
+    """All AAC packets of the (whole) audio; the encoder resamples s16 to its format and frame size."""
+    stream = container.add_stream("aac", rate=frame.sample_rate)
     stream.codec_context.layout = "stereo"
-    stream.codec_context.time_base = Fraction(1, int(sample_rate))
+    stream.codec_context.time_base = Fraction(1, frame.sample_rate)
     return deque([*stream.encode(frame), *stream.encode(None)])
 
 
@@ -262,14 +323,14 @@ def _check_chunk(chunk, size):
     return x
 
 
-def _write(container, chunks: Iterator, fps: Fraction, audio, sample_rate, crf, progress) -> int:
+def _write(container, chunks: Iterator, fps: Fraction, audio: av.AudioFrame | None, crf, progress) -> int:
     first = _check_chunk(next(chunks), None)
     size = first.shape[1:3]
     options = {} if crf is None else {"crf": str(crf)}
     stream = container.add_stream("libx264", rate=fps, options=options)
     stream.height, stream.width = size
     stream.pix_fmt = "yuv420p"
-    pending = _encode_audio(container, audio, sample_rate) if audio is not None else deque()
+    pending = _encode_audio(container, audio) if audio is not None else deque()
 
     def mux(packets):
         for packet in packets:
@@ -309,13 +370,14 @@ def write_mp4(path, video: Iterable | np.ndarray, fps, audio=None, sample_rate: 
     rate = as_frame_rate(fps)
     if audio is not None and sample_rate is None:
         raise ValueError("Audio was given without its sample rate.")
+    audio = _stereo_s16(audio, sample_rate) if audio is not None else None
     chunks = iter([video]) if isinstance(video, (np.ndarray, mx.array)) else iter(video)
     path = os.path.abspath(os.fspath(path))
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         with av.open(tmp, "w", format="mp4") as container:
             try:
-                count = _write(container, chunks, rate, audio, sample_rate, crf, progress)
+                count = _write(container, chunks, rate, audio, crf, progress)
             except StopIteration:
                 raise ValueError("No video frames were given.") from None
         os.replace(tmp, path)

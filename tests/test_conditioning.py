@@ -56,7 +56,8 @@ def test_initial_video_state(dtype, fps):
     ours, theirs, tools, ref_tools = _states(dtype, fps)
     _assert_same(ours, theirs)
     z, zt = _latent((B, C, F, H, W), 1)
-    _assert_same(tools.create_initial_state(DTYPES[dtype], z), ref_tools.create_initial_state("cpu", dtype, zt.to(dtype)))
+    _assert_same(tools.create_initial_state(DTYPES[dtype], z),
+                 ref_tools.create_initial_state("cpu", dtype, zt.to(dtype)))
     with pytest.raises(ValueError, match="initial video latent"):
         tools.create_initial_state(mx.float32, mx.zeros((B, F, H, W + 1, C)))
 
@@ -119,12 +120,14 @@ def test_reference_video_and_attention_masks(downscale, dtype):
     m = 2 * H * W
     per_token = torch.rand(m, generator=torch.Generator().manual_seed(4))
     per_batch = torch.rand(1, H * W, generator=torch.Generator().manual_seed(5))
-    steps = [  # (ours, reference): ref video with a (M,) mask, keyframe (mask extended with 1s), ref with (1, M), scalar
+    # (ours, reference): ref video with a (M,) mask, keyframe (mask extended with 1s), ref with (1, M), scalar
+    steps = [
         (c.ConditioningItemAttentionStrengthWrapper(c.VideoConditionByReferenceLatent(z1.astype(md), downscale, 0.9),
                                                     mx.array(per_token.numpy())),
          rc.ConditioningItemAttentionStrengthWrapper(rc.VideoConditionByReferenceLatent(t1.to(dtype), downscale, 0.9),
                                                      per_token)),
-        (c.VideoConditionByKeyframeIndex(z2.astype(md), 9, 0.6), rc.VideoConditionByKeyframeIndex(t2.to(dtype), 9, 0.6)),
+        (c.VideoConditionByKeyframeIndex(z2.astype(md), 9, 0.6),
+         rc.VideoConditionByKeyframeIndex(t2.to(dtype), 9, 0.6)),
         (c.ConditioningItemAttentionStrengthWrapper(c.VideoConditionByReferenceLatent(z3.astype(md), downscale),
                                                     mx.array(per_batch.numpy())),
          rc.ConditioningItemAttentionStrengthWrapper(rc.VideoConditionByReferenceLatent(t3.to(dtype), downscale),
@@ -157,7 +160,8 @@ def test_retake_masks(start, end, fps):
     ours, theirs = tools.create_initial_state(), ref_tools.create_initial_state("cpu", torch.float32)
     _assert_same(c.TemporalRegionMask(start, end, fps).apply_to(ours, tools),
                  RefTemporalRegionMask(start, end, fps).apply_to(theirs, ref_tools))
-    audio, ref_audio = c.AudioLatentTools(B, 8, 20, 16), RefAudioTools(AudioPatchifier(1), AudioLatentShape(B, 8, 20, 16))
+    audio = c.AudioLatentTools(B, 8, 20, 16)
+    ref_audio = RefAudioTools(AudioPatchifier(1), AudioLatentShape(B, 8, 20, 16))
     a, ta = audio.create_initial_state(), ref_audio.create_initial_state("cpu", torch.float32)
     masked = c.TemporalRegionMask(start, end, fps).apply_to(a, audio)
     _assert_same(masked, RefTemporalRegionMask(start, end, fps).apply_to(ta, ref_audio))
@@ -218,3 +222,44 @@ def test_bad_conditioning_inputs(tmp_path):
     with pytest.raises(ValueError, match="strength"):
         c.check_image_conditionings([c.ImageConditioningInput(str(tmp_path / "a.png"), 0, -0.1)], 25)
     c.check_image_conditionings([c.ImageConditioningInput(str(tmp_path / "a.png"), 24, 0.0)], 25)
+
+
+@pytest.mark.parametrize("shape,latent", [((2, 17, 64, 96), (3, 2, 3)), ((1, 9, 50, 70), (2, 3, 4)),
+                                          ((1, 1, 40, 40), (1, 3, 3))])
+def test_ic_lora_mask_downsampling(shape, latent):
+    from ltx_pipelines.ic_lora import ICLoraPipeline
+
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(9))
+    theirs = ICLoraPipeline._downsample_mask_to_latent(mask[:, None], VideoLatentShape(shape[0], C, *latent))
+    ours = c.downsample_mask_to_latent(mask.numpy(), *latent)
+    assert tuple(ours.shape) == tuple(theirs.shape)
+    err = float(np.abs(np.array(ours) - theirs.numpy()).max())
+    print(f"IC-LoRA mask {shape} -> {latent}: max |diff| {err:.2e}")
+    assert err <= 1e-6
+    with pytest.raises(ValueError, match="latent frames"):
+        c.downsample_mask_to_latent(np.zeros((1, 11, 8, 8)), 4, 1, 1)
+
+
+def test_conditioned_tokens_survive_the_sampler():
+    """Our states drive ltx_mlx.diffusion: strength-1 tokens stay exactly clean through noise and Euler steps."""
+    from ltx_mlx.diffusion import DISTILLED_SIGMA_VALUES, GaussianNoiser, euler_denoising_loop
+
+    tools = c.VideoLatentTools(1, C, F, H, W, 24.0)
+    audio_tools = c.AudioLatentTools(1, 8, 7, 16)
+    image, key = mx.random.normal((1, 1, H, W, C)), mx.random.normal((1, 1, H, W, C))
+    items = [c.VideoConditionByLatentIndex(image, 1.0, 0), c.VideoConditionByKeyframeIndex(key, 16, 1.0)]
+    noiser = GaussianNoiser(0)
+    video = noiser(c.apply_conditionings(tools.create_initial_state(), items, tools))
+    audio = noiser(audio_tools.create_initial_state())
+
+    def denoise(v, a, sigmas, i):
+        return mx.random.normal(v.latent.shape), mx.random.normal(a.latent.shape)
+
+    for video, audio in euler_denoising_loop(DISTILLED_SIGMA_VALUES, video, audio, denoise):
+        mx.eval(video.latent, audio.latent)
+    n, per_frame = tools.token_count, H * W
+    np.testing.assert_array_equal(np.array(video.latent[:, n:]), np.array(key.reshape(1, -1, C)))
+    out = tools.unpatchify(tools.clear_conditioning(video).latent)
+    assert out.shape == (1, F, H, W, C)
+    np.testing.assert_array_equal(np.array(out[:, :1]), np.array(image))
+    assert float(mx.abs(video.latent[:, per_frame:n]).max()) > 0

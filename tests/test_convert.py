@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 import ltx_mlx
 from convert_fixtures import (UPSAMPLERS, VERSIONS, component_outputs, official_tensors, upsampler_args,
                               write_official, write_upsamplers)
-from ltx_mlx.checkpoint import SafetensorsFile
+from ltx_mlx.checkpoint import CheckpointError, SafetensorsFile
 from ltx_mlx.cli.convert import main
 from ltx_mlx.model_folder import INDEX_NAME
 from ltx_mlx.models.audio_vae import load_audio_decoder, load_audio_encoder
@@ -137,19 +137,22 @@ def test_folder_layout_config_and_tokenizer(official, converted):
     assert load_gemma(converted / "gemma").config.num_hidden_layers == 7
 
 
-def test_bfloat16_conversion_matches_official_bf16_load(official, tmp_path):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_conversion_matches_official_load(official, tmp_path, dtype):
     version, tmp, ckpt, gemma, config = official
-    rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", tmp_path / "bf16")
+    args = [] if dtype == "bfloat16" else ["--dtype", dtype]  # bfloat16 is the default
+    rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", tmp_path / dtype, *args)
     assert rc == 0, err
-    bundle = ltx_mlx.load(tmp_path / "bf16")
+    bundle = ltx_mlx.load(tmp_path / dtype)
     assert "gemma" not in bundle.components  # no --gemma-root: text dims from caption_channels / projection width
-    for name in ("transformer", "video_decoder", "vocoder"):
+    want = getattr(mx, dtype)
+    for name in ("transformer", "text_projection", "video_decoder", "vocoder"):
         ours = dict(tree_flatten(bundle.get(name).parameters()))
         ref = dict(tree_flatten(official_component(name, ckpt, gemma).parameters()))
         for k, v in ours.items():
-            assert v.dtype == mx.bfloat16, (name, k)
-            assert mx.array_equal(v, ref[k].astype(mx.bfloat16)).item(), (name, k)
-    with pytest.raises(ValueError, match="no gemma"):
+            assert v.dtype == want, (name, k)
+            assert mx.array_equal(v, ref[k].astype(want)).item(), (name, k)
+    with pytest.raises(CheckpointError, match="no gemma"):
         bundle.gemma()
 
 
@@ -335,6 +338,11 @@ def test_inputs_from_the_hub_and_bad_flags(ltx23, tmp_path, monkeypatch):
     rc, err = run_cli("--checkpoint-path", "Lightricks/LTX-2.3/ltx-2.3-22b-dev.safetensors", "--mlx-path", tmp_path / "o")
     assert rc == 0, err
     assert asked == [("Lightricks/LTX-2.3", "ltx-2.3-22b-dev.safetensors")]
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("downloaded a whole repo"))
+    rc, err = run_cli("--checkpoint-path", "Lightricks/LTX-2.3", "--mlx-path", tmp_path / "o1")
+    assert_clean_failure(rc, err, tmp_path / "o1", "repo id", "Lightricks/LTX-2.3/<file>.safetensors")
+    rc, err = run_cli("--checkpoint-path", tmp_path, "--mlx-path", tmp_path / "o3")
+    assert_clean_failure(rc, err, tmp_path / "o3", "is a folder")
 
     for bad in (["--q-bits", "3"], ["--dtype", "float64"], ["--distilled-lora", "a", "1", "2"]):
         with pytest.raises(SystemExit) as e:

@@ -50,7 +50,9 @@ def test_official_checkpoint_is_converted_once_into_the_cache(official, cache, m
     os.utime(ckpt, ns=(1, 1))  # the same path with new contents (identity: path, size, mtime) converts again
     monkeypatch.setenv("LTX_MLX_CACHE", str(cache))
     assert ltx_mlx.load(ckpt, gemma_root=gemma, dtype="float32", progress=False).folder != model.folder
-    assert len(list(cache.iterdir())) == 2 and not [p for p in cache.iterdir() if p.name.startswith(".")]
+    q8 = ltx_mlx.load(ckpt, gemma_root=gemma, dtype="float32", quantize=8, progress=False)
+    assert {k: v["bits"] for k, v in q8.config["quantization"].items()} == {"transformer": 8, "gemma": 8}
+    assert len(list(cache.iterdir())) == 3 and not [p for p in cache.iterdir() if p.name.startswith(".")]
 
 
 def test_prompts_encode_as_from_the_official_files(official, cache):

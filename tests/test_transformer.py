@@ -1,12 +1,14 @@
 """The MLX transformer beyond float32 parity: full-size key/shape coverage, bf16, loader errors, fp8 files."""
 
 import copy
+import dataclasses
 import json
 
 import mlx.core as mx
 import numpy as np
 import pytest
 import torch
+from mlx.utils import tree_flatten
 from ltx_core.model.transformer import LTXModelConfigurator, X0Model as RefX0Model
 from ltx_core.model.transformer import timestep_embedding
 from safetensors.torch import save_file
@@ -157,27 +159,31 @@ def test_side_keys_are_left_for_their_components(tiny):
     assert not any("connector" in k for k in parameter_shapes(model))
 
 
-@pytest.mark.parametrize("scaled", [False, True])
-def test_fp8_checkpoints_load_dequantised(tiny, tmp_path, scaled):
+@pytest.mark.parametrize("kind", ["fp8", "fp8-scaled", "bf16", "fp16"])
+def test_low_precision_checkpoints_load_dequantised(tiny, tmp_path, kind):
+    """fp8 (float8_e4m3fn) linear weights with and without per-tensor weight_scale, and bf16 / fp16 files."""
     cfg, ref, _ = tiny
     tensors = _tensors(ref)
     expected = {}
     for k, v in list(tensors.items()):
-        if ".transformer_blocks." in k and k.endswith(("to_q.weight", "to_v.weight", "ff.net.2.weight")):
-            scale = v.abs().max() / 448.0 if scaled else torch.tensor(1.0)
+        if kind in ("bf16", "fp16"):
+            tensors[k] = v.to(torch.bfloat16 if kind == "bf16" else torch.float16)
+            expected[k] = tensors[k].float()
+        elif ".transformer_blocks." in k and k.endswith(("to_q.weight", "to_v.weight", "ff.net.2.weight")):
+            scale = v.abs().max() / 448.0 if kind == "fp8-scaled" else torch.tensor(1.0)
             q = (v / scale).to(torch.float8_e4m3fn)
             tensors[k] = q
             expected[k] = q.float() * scale
-            if scaled:
+            if kind == "fp8-scaled":
                 tensors[k + "_scale"] = scale.reshape(())
                 tensors[k.replace(".weight", ".input_scale")] = torch.tensor(0.5)
-    model = load_transformer(_save(tmp_path / "fp8.safetensors", tensors, cfg))
-    params = dict(__import__("mlx.utils", fromlist=["tree_flatten"]).tree_flatten(model.parameters()))
+    model = load_transformer(_save(tmp_path / f"{kind}.safetensors", tensors, cfg))
+    params = dict(tree_flatten(model.parameters()))
     assert len(expected) > 10
     for k, want in expected.items():
         got = np.array(params[k[len("model.diffusion_model."):]])
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=0, err_msg=k)
-    assert np.abs(got - ref.state_dict()[k[len("model.diffusion_model."):]].numpy()).max() > 0  # really quantised
+    assert np.abs(got - ref.state_dict()[k[len("model.diffusion_model."):]].numpy()).max() > 0  # really rounded
 
 
 def test_bad_calls_raise_clear_errors(tiny):
@@ -190,3 +196,13 @@ def test_bad_calls_raise_clear_errors(tiny):
         model(to_ours(video), None, Perturbations([[], []]))
     with pytest.raises(ValueError, match="need"):
         TransformerConfig.from_dict(dict(cfg, share_ff=True))
+    v = to_ours(video)
+    for field, value, message in (("latent", v.latent[..., :4], "latent must be"),
+                                  ("positions", v.positions[:, :2], "positions must be"),
+                                  ("context", v.context[..., :5], "context must be"),
+                                  ("attention_mask", mx.ones((1, 3, 3)), "attention_mask must be"),
+                                  ("sigma", mx.array([0.5, 0.6]), "sigma must be")):
+        with pytest.raises(ValueError, match=message):
+            model(dataclasses.replace(v, **{field: value}), None)
+    out_float_sigma = model(dataclasses.replace(v, sigma=0.8), None)[0]  # a plain float sigma is fine
+    np.testing.assert_array_equal(np.array(out_float_sigma), np.array(model(v, None)[0]))

@@ -166,12 +166,12 @@ class Perturbations:
     def skipped(self, skip: Skip, block: int) -> list[bool]:
         return [any(p.applies(skip, block) for p in ps) for ps in self.per_sample]
 
-    def keep_mask(self, skip: Skip, block: int, dtype) -> tuple[bool, bool, mx.array | None]:
-        """(none skipped, all skipped, `(B, 1, 1)` keep mask when mixed)."""
+    def keep_mask(self, skip: Skip, block: int, dtype) -> tuple[bool, mx.array | None]:
+        """(every sample skips, `(B, 1, 1)` 0/1 keep mask when only some do)."""
         flags = self.skipped(skip, block)
         if not any(flags) or all(flags):
-            return not any(flags), all(flags), None
-        return False, False, mx.array([0.0 if f else 1.0 for f in flags], dtype=dtype)[:, None, None]
+            return all(flags), None
+        return False, mx.array([0.0 if f else 1.0 for f in flags], dtype=dtype)[:, None, None]
 
 
 # ---------------------------------------------------------------------------------------------- modules
@@ -387,14 +387,14 @@ class TransformerBlock(nn.Module):
     def _self_and_text(self, s: StreamArgs, attn1, attn2, table, prompt_table, skip: Skip, perturbations):
         x = s.x
         shift, scale, gate = _ada(table, s.timesteps, slice(0, 3))
-        none, every, keep = perturbations.keep_mask(skip, self.idx, x.dtype)
+        every, keep = perturbations.keep_mask(skip, self.idx, x.dtype)
         h = attn1(modulate(rms(x, self.eps), scale, shift), pe=s.pe, mask=s.self_attention_mask,
                   keep=keep, passthrough=every)
         x = gated_residual(x, h, gate)
         if self.cross_attention_adaln:
             shift_q, scale_q, gate_q = _ada(table, s.timesteps, slice(6, 9))
             shift_kv, scale_kv = _ada(prompt_table, s.prompt_timestep, slice(0, 2))
-            context = s.context * (1 + scale_kv) + shift_kv
+            context = modulate(s.context, scale_kv, shift_kv)
             x = gated_residual(x, attn2(modulate(rms(x, self.eps), scale_q, shift_q), context, s.context_mask), gate_q)
         else:
             x = x + attn2(rms(x, self.eps), s.context, s.context_mask)
@@ -429,14 +429,14 @@ class TransformerBlock(nn.Module):
         if run_a2v or run_v2a:
             # both directions read the states after text cross-attention; A→V runs first
             vn, an = rms(vx, self.eps), rms(ax, self.eps)
-            _, skip_all, _ = perturbations.keep_mask(Skip.A2V_CROSS_ATTN, self.idx, vx.dtype)
+            skip_all, _ = perturbations.keep_mask(Skip.A2V_CROSS_ATTN, self.idx, vx.dtype)
             if run_a2v and not skip_all:
                 v_scale, v_shift, v_gate = self._av_values(self.scale_shift_table_a2v_ca_video, video, slice(0, 2))
                 a_scale, a_shift, _ = self._av_values(self.scale_shift_table_a2v_ca_audio, audio, slice(0, 2))
                 h = self.audio_to_video_attn(modulate(vn, v_scale, v_shift), modulate(an, a_scale, a_shift),
                                              pe=video.cross_pe, k_pe=audio.cross_pe)
                 vx = self._gated(vx, h, v_gate, Skip.A2V_CROSS_ATTN, perturbations)
-            _, skip_all, _ = perturbations.keep_mask(Skip.V2A_CROSS_ATTN, self.idx, ax.dtype)
+            skip_all, _ = perturbations.keep_mask(Skip.V2A_CROSS_ATTN, self.idx, ax.dtype)
             if run_v2a and not skip_all:
                 a_scale, a_shift, a_gate = self._av_values(self.scale_shift_table_a2v_ca_audio, audio, slice(2, 4))
                 v_scale, v_shift, _ = self._av_values(self.scale_shift_table_a2v_ca_video, video, slice(2, 4))
@@ -451,7 +451,7 @@ class TransformerBlock(nn.Module):
         return vx, ax
 
     def _gated(self, x, h, gate, skip: Skip, perturbations: Perturbations):
-        _, _, keep = perturbations.keep_mask(skip, self.idx, h.dtype)
+        _, keep = perturbations.keep_mask(skip, self.idx, h.dtype)
         return gated_residual(x, h, gate) if keep is None else x + h * gate * keep
 
 
@@ -473,6 +473,14 @@ def _per_token_embedding(adaln: AdaLayerNormSingle, t: mx.array, dtype) -> tuple
     rows, embedded = adaln(mx.array(unique), dtype)
     index = mx.array(inverse.reshape(values.shape).astype(np.int32))
     return rows[index], embedded[index]
+
+
+def _per_sample(value, B: int) -> mx.array:
+    """A scalar or `(B,)` sigma as a float32 `(B,)` array."""
+    value = mx.array(value, dtype=mx.float32) if not isinstance(value, mx.array) else value.astype(mx.float32)
+    if value.size not in (1, B):
+        raise ValueError(f"sigma must be a scalar or one value per sample ({B}), got shape {value.shape}")
+    return mx.broadcast_to(value.reshape(-1), (B,))
 
 
 def _self_attention_bias(mask: mx.array | None, dtype) -> mx.array | None:
@@ -530,11 +538,12 @@ class LTXModel(nn.Module):
         heads = c.audio_num_attention_heads if audio else c.num_attention_heads
         max_pos = c.audio_positional_embedding_max_pos if audio else c.positional_embedding_max_pos
         dtype = m.latent.dtype
+        self._check(m, "audio" if audio else "video", len(max_pos))
         x = getattr(self, p + "patchify_proj")(m.latent)
         B, T = x.shape[:2]
         timesteps = m.timesteps.reshape(B, -1) * c.timestep_scale_multiplier
         rows, embedded = _per_token_embedding(getattr(self, p + "adaln_single"), timesteps, dtype)
-        sigma = mx.broadcast_to(m.sigma.reshape(-1), (B,)) * c.timestep_scale_multiplier
+        sigma = _per_sample(m.sigma, B) * c.timestep_scale_multiplier
         prompt = None
         if c.cross_attention_adaln:
             prompt = getattr(self, p + "prompt_adaln_single")(sigma, dtype)[0].reshape(B, 1, 2, inner)
@@ -551,6 +560,24 @@ class LTXModel(nn.Module):
             self._prepare_cross(args, m, other, audio, heads)
         return args
 
+    def _check(self, m: Modality, name: str, n_axes: int):
+        c = self.config
+        audio = name == "audio"
+        channels = c.audio_in_channels if audio else c.in_channels
+        context_dim = c.caption_channels if c.has_caption_projection else (c.audio_inner_dim if audio else c.inner_dim)
+        if m.latent.ndim != 3 or m.latent.shape[-1] != channels:
+            raise ValueError(f"{name} latent must be patchified tokens (B, T, {channels}), got {m.latent.shape}")
+        B, T, _ = m.latent.shape
+        if m.positions.shape != (B, n_axes, T, 2):
+            raise ValueError(f"{name} positions must be (B, {n_axes}, T, 2) = {(B, n_axes, T, 2)} [start, end) bounds, "
+                             f"got {m.positions.shape}")
+        if m.timesteps.size not in (B, B * T):
+            raise ValueError(f"{name} timesteps must be (B, T) or (B, T, 1) per token, got {m.timesteps.shape}")
+        if m.context.ndim != 3 or m.context.shape[0] != B or m.context.shape[-1] != context_dim:
+            raise ValueError(f"{name} context must be (B, S, {context_dim}) for this checkpoint, got {m.context.shape}")
+        if m.attention_mask is not None and m.attention_mask.shape != (B, T, T):
+            raise ValueError(f"{name} attention_mask must be (B, T, T) = {(B, T, T)}, got {m.attention_mask.shape}")
+
     def _rope(self, positions, dim, max_pos, heads, dtype, use_middle=True) -> RopeTable:
         c = self.config
         return rope_table(positions, dim, c.positional_embedding_theta, max_pos, heads, c.rope_type,
@@ -562,7 +589,7 @@ class LTXModel(nn.Module):
         dtype = m.latent.dtype
         cross_max = max(c.positional_embedding_max_pos[0], c.audio_positional_embedding_max_pos[0])
         args.cross_pe = self._rope(m.positions[:, 0:1], c.audio_cross_attention_dim, [cross_max], heads, dtype)
-        s = mx.broadcast_to(other.sigma.reshape(-1), (B,)) * c.timestep_scale_multiplier
+        s = _per_sample(other.sigma, B) * c.timestep_scale_multiplier
         factor = c.av_ca_timestep_scale_multiplier / c.timestep_scale_multiplier
         scale_shift = self.av_ca_audio_scale_shift_adaln_single if audio else self.av_ca_video_scale_shift_adaln_single
         gate = self.av_ca_v2a_gate_adaln_single if audio else self.av_ca_a2v_gate_adaln_single

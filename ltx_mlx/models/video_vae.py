@@ -26,7 +26,10 @@ UNUSED_STATISTICS = ("channel", "mean-of-stds", "mean-of-stds_over_std-of-means"
 
 PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 NOISE_SCALE, DECODE_TIMESTEP = 0.025, 0.05
-CONV_CHUNK_BYTES = 256 * 2**20
+CONV_CHUNK_BYTES = 64 * 2**20
+# Evaluate every convolution's output as it is made: a lazily built whole-decoder graph keeps ~4x more
+# activations alive (measured in bench/vae_decode_memory.py); set False to trace the model (e.g. mx.compile).
+EVAL_EACH_CONV = True
 
 Noise = Callable[[tuple], mx.array]
 
@@ -146,30 +149,35 @@ class CausalConv3d(nn.Module):
                  kernel_size: int = 3):
         super().__init__()
         self.kernel_size, self.padding_mode, self.time_stride = kernel_size, padding_mode, stride[0]
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride)
+        p = kernel_size // 2 if padding_mode == "zeros" else 0  # zeros: padded inside the conv, no copy
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=(0, p, p))
 
     def __call__(self, x: mx.array, causal: bool = True) -> mx.array:
-        k = self.kernel_size
-        x = _pad_index(x, 1, k - 1, 0, "edge") if causal else _pad_index(x, 1, k // 2, k // 2, "edge")
-        p = k // 2
-        if self.padding_mode == "zeros":
-            x = mx.pad(x, [(0, 0), (0, 0), (p, p), (p, p), (0, 0)])
-        else:
-            x = _pad_index(_pad_index(x, 2, p, p, PADDING_MODES[self.padding_mode]), 3, p, p,
-                           PADDING_MODES[self.padding_mode])
-        return self._chunked_conv(x)
+        k, p = self.kernel_size, self.kernel_size // 2
+        if self.padding_mode != "zeros":
+            mode = PADDING_MODES[self.padding_mode]
+            x = _pad_index(_pad_index(x, 2, p, p, mode), 3, p, p, mode)
+        return self._chunked_conv(x, *((k - 1, 0) if causal else (k // 2, k // 2)))
 
-    def _chunked_conv(self, x: mx.array) -> mx.array:
-        # Convolutions may unfold their input k^3-fold (im2col); run them a few output frames at a time so
-        # that buffer stays under CONV_CHUNK_BYTES whatever the frame count.
-        k, s = self.kernel_size, self.time_stride
-        frames = (x.shape[1] - k) // s + 1
+    def _chunked_conv(self, x: mx.array, front: int, back: int) -> mx.array:
+        # Convolutions may unfold their input k^3-fold (im2col): run them a few output frames at a time so
+        # that buffer stays under CONV_CHUNK_BYTES, gathering each chunk's frames with the edge-frame
+        # padding, so no time-padded copy of the whole input is made either.
+        k, s, F = self.kernel_size, self.time_stride, x.shape[1]
+        frames = (F + front + back - k) // s + 1
         per_frame = x.shape[0] * x.shape[2] * x.shape[3] * x.shape[4] * k ** 3 * x.dtype.size
-        n = max(1, CONV_CHUNK_BYTES // per_frame)
-        if n >= frames:
-            return self.conv(x)
-        return mx.concatenate([self.conv(x[:, i * s: (min(i + n, frames) - 1) * s + k])
-                               for i in range(0, frames, n)], axis=1)
+        n = min(frames, max(1, CONV_CHUNK_BYTES // per_frame))
+        outs = []
+        for i in range(0, frames, n):
+            first, stop = i * s - front, (min(i + n, frames) - 1) * s + k - front
+            idx = np.clip(np.arange(first, stop), 0, F - 1).astype(np.int32)
+            outs.append(self.conv(mx.take(x, mx.array(idx), axis=1)))
+            if EVAL_EACH_CONV:  # the backend may hold a conv's unfold buffer until its graph is evaluated
+                mx.eval(outs[-1])
+        y = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
+        if EVAL_EACH_CONV:
+            mx.eval(y)
+        return y
 
 
 def timestep_embedding(t: mx.array, dim: int = 256) -> mx.array:
