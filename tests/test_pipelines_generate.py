@@ -195,6 +195,8 @@ BAD = [  # (model, args, words the one-line error must contain)
     ("distilled", ["--lora", "MISSING"], ["does not exist"]),
     ("dev", ["--pipeline", "one-stage", "--video-stg-blocks", "7"], ["STG blocks [7]", "0..2"]),
     ("distilled", ["--frame-rate", "0"], ["frame_rate"]),
+    ("dev", ["--pipeline", "two-stage", "--checkpoint-kind", "distilled"], ["dev checkpoint"]),
+    ("distilled", ["--checkpoint-kind", "dev"], ["--distilled-lora"]),
 ]
 
 

@@ -71,13 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", nargs="+", action=PathAndStrength, default=[], metavar=("PATH", "STRENGTH"),
                    help="LoRA fused into the transformer at load (repeatable)")
     g = p.add_argument_group("guidance (guided pipelines; defaults by model version)")
-    for m, mod in (("video", "a2v"), ("audio", "v2a")):
-        g.add_argument(f"--{m}-cfg-guidance-scale", type=float)
-        g.add_argument(f"--{m}-stg-guidance-scale", type=float)
-        g.add_argument(f"--{m}-rescale-scale", type=float)
-        g.add_argument(f"--{m}-stg-blocks", type=int, nargs="*")
-        g.add_argument(f"--{mod}-guidance-scale", type=float, help=f"{m} modality-isolation scale")
-        g.add_argument(f"--{m}-skip-step", type=int)
+    for m, mod, other in (("video", "a2v", "audio"), ("audio", "v2a", "video")):
+        g.add_argument(f"--{m}-cfg-guidance-scale", type=float, help=f"{m} CFG scale against the negative prompt")
+        g.add_argument(f"--{m}-stg-guidance-scale", type=float, help=f"{m} STG scale (self-attention skipped)")
+        g.add_argument(f"--{m}-rescale-scale", type=float, help=f"{m} std rescale of the guided prediction (0: off)")
+        g.add_argument(f"--{m}-stg-blocks", type=int, nargs="*", help=f"transformer blocks {m} STG perturbs")
+        g.add_argument(f"--{mod}-guidance-scale", type=float, help=f"{m} modality scale (vs. no {other} attention)")
+        g.add_argument(f"--{m}-skip-step", type=int, help=f"guide {m} every N+1 steps only (0: every step)")
     p.add_argument("--distilled-lora-strength-stage-1", type=float, help="hq (default 0.25)")
     p.add_argument("--distilled-lora-strength-stage-2", type=float,
                    help="two-stage/keyframes (default: the strength given at conversion), hq (default 0.5)")
@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--distilled-lora", nargs="+", action=PathAndStrength, metavar=("PATH", "STRENGTH"),
                    help="distilled LoRA stored with the conversion (two-stage pipelines on a dev checkpoint)")
     c.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    p.add_argument("--checkpoint-kind", choices=("auto", "distilled", "dev"), default="auto",
+                   help="whether the model is a distilled or dev checkpoint (auto: from the official file name)")
     p.add_argument("--no-audio", action="store_true", help="skip audio decoding (video-only mp4)")
     p.add_argument("--output-path", default="output.mp4")
     p.add_argument("--verbose", action="store_true", help="per-stage time and peak memory")
@@ -126,7 +128,8 @@ def run(args) -> int:
         video_guidance=_guidance(args, "video", "a2v"), audio_guidance=_guidance(args, "audio", "v2a"),
         audio=not args.no_audio,
         distilled_lora_strengths=(args.distilled_lora_strength_stage_1, args.distilled_lora_strength_stage_2),
-        output_path=args.output_path, keep_frames=False, progress=not args.quiet, verbose=args.verbose)
+        output_path=args.output_path, keep_frames=False,
+        distilled={"auto": None, "distilled": True, "dev": False}[args.checkpoint_kind], progress=not args.quiet, verbose=args.verbose)
     if args.verbose:
         total = sum(result.timings.values())
         print(f"total {total:.1f} s; peak memory {max(result.peak_memory.values()) / 1e9:.2f} GB", file=sys.stderr)

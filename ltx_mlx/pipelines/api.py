@@ -20,7 +20,7 @@ from ..models.vae_tiling import TilingConfig
 from . import distilled as distilled_pipeline
 from . import hq, keyframes, one_stage, two_stage
 from .common import Generation, GenerationResult
-from .settings import check_model, resolve_settings
+from .settings import check_model, pipeline_spec, resolve_settings
 
 RUNNERS = {"one-stage": one_stage.run, "two-stage": two_stage.run, "hq": hq.run, "keyframes": keyframes.run}
 
@@ -50,7 +50,7 @@ class Pipeline(LTXModelBundle):
         `output_path`: stream the mp4 there (frames also kept unless keep_frames=False). `distilled`:
         whether the checkpoint is distilled (default: from its file name).
         """
-        is_distilled = check_model(_spec(pipeline), self.components, self.config, distilled)
+        is_distilled = check_model(pipeline_spec(pipeline), self.components, self.config, distilled)
         settings = resolve_settings(
             pipeline, self.model_version, int(self.config["config"]["transformer"].get("num_layers", 48)),
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, height=height, width=width,
@@ -67,12 +67,6 @@ class Pipeline(LTXModelBundle):
             self.free()
 
 
-def _spec(name: str):
-    from .settings import pipeline_spec
-
-    return pipeline_spec(name)
-
-
 def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gemma_root: str | None = None,
          spatial_upsamplers: Iterable[str] = (), temporal_upsamplers: Iterable[str] = (),
          distilled_lora: tuple[str, float] | None = None, dtype: str = "bfloat16", quantize: dict | None = None,
@@ -81,14 +75,15 @@ def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gem
     stored with an official checkpoint's conversion for the two-stage pipelines."""
     if distilled_lora is not None:
         path = resolve_path(os.fspath(path_or_repo))
-        if not os.path.isdir(path):
-            opts = ConvertOptions(dtype=dtype, quantize=dict(quantize or {}), progress=progress,
-                                  distilled_lora=(resolve_path(os.fspath(distilled_lora[0])),
-                                                  float(distilled_lora[1])))
-            folder = cached_conversion(path, resolve_path(gemma_root) if gemma_root else None,
-                                       [resolve_path(p) for p in spatial_upsamplers],
-                                       [resolve_path(p) for p in temporal_upsamplers], opts)
-            return Pipeline(folder, loras)
+        if not path.endswith(".safetensors"):
+            raise ValueError(f"{path} is not an official .safetensors checkpoint: the distilled LoRA is stored at "
+                             "conversion (convert.py --distilled-lora), so pass it with the official checkpoint")
+        opts = ConvertOptions(dtype=dtype, quantize=dict(quantize or {}), progress=progress,
+                              distilled_lora=(resolve_path(os.fspath(distilled_lora[0])), float(distilled_lora[1])))
+        folder = cached_conversion(path, resolve_path(gemma_root) if gemma_root else None,
+                                   [resolve_path(p) for p in spatial_upsamplers],
+                                   [resolve_path(p) for p in temporal_upsamplers], opts)
+        return Pipeline(folder, loras)
     bundle = load_bundle(path_or_repo, loras, gemma_root=gemma_root, spatial_upsamplers=spatial_upsamplers,
                          temporal_upsamplers=temporal_upsamplers, dtype=dtype, quantize=quantize, progress=progress)
     return Pipeline(bundle.folder, bundle.loras)

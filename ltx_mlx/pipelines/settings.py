@@ -26,10 +26,10 @@ def pipeline_spec(name: str) -> PipelineSpec:
 
 
 def check_num_frames(num_frames: int):
-    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % FRAMES_PER_LATENT:
-        if not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"num_frames must be a positive integer of the form 8k+1 (1, 9, 17, ..., 121), "
-                             f"got {num_frames!r}")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive integer of the form 8k+1 (1, 9, 17, ..., 121), "
+                         f"got {num_frames!r}")
+    if (num_frames - 1) % FRAMES_PER_LATENT:
         below = (num_frames - 1) // FRAMES_PER_LATENT * FRAMES_PER_LATENT + 1
         raise ValueError(f"num_frames {num_frames} is not of the form 8k+1 (the VAE packs 8 frames per latent "
                          f"after the first); use {below} or {below + FRAMES_PER_LATENT}")
