@@ -101,7 +101,7 @@ def reference_side(checkpoint: str, inputs: str, out: str, runs: int, warmup: in
 
     model = LTXModelConfigurator.from_config(SafetensorsFile(checkpoint).config()).to_empty(device="cpu").eval()
     state = {k[len(PREFIX):]: v for k, v in load_file(checkpoint).items() if k.startswith(PREFIX)}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
     del state
     x = load_file(inputs)
     video, audio = (Modality(*(x[f"{m}.{n}"] for n in ("latent", "sigma", "timesteps", "positions", "context")))

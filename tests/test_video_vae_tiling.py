@@ -1,7 +1,5 @@
 """Tiled, streamed decoding and tiled encoding vs the reference's tiled_decode / tiled_encode (same tiling params)."""
 
-import mlx.core as mx
-import numpy as np
 import pytest
 import torch
 from ltx_core.model.video_vae import SpatialTilingConfig as RefSpatial

@@ -5,8 +5,10 @@ separable trapezoid mask and divides by the summed weights. Tiles are visited ti
 group's frames are yielded as soon as the next group has blended into their overlap, so memory is bounded by
 one tile's activations plus two groups of output frames, however long the video is.
 
-Interior tiles of an axis all have the same shape; the last tile of an axis ends at the axis end, as in the
-reference (changing that would change the blended output).
+Tile shapes follow the reference's split, since any other split changes the blended output: along a
+spatial axis all tiles but the last have one size; in time the first tile has `size` latent frames, the
+middle ones `size + 1` (they start one frame early for causal context) and the last ends at the video's end.
+So a video decodes with at most 3 × 2 × 2 distinct tile shapes, whatever its length.
 """
 
 from __future__ import annotations

@@ -153,25 +153,28 @@ class CausalConv3d(nn.Module):
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=(0, p, p))
 
     def __call__(self, x: mx.array, causal: bool = True) -> mx.array:
-        k, p = self.kernel_size, self.kernel_size // 2
-        if self.padding_mode != "zeros":
-            mode = PADDING_MODES[self.padding_mode]
-            x = _pad_index(_pad_index(x, 2, p, p, mode), 3, p, p, mode)
+        k = self.kernel_size
         return self._chunked_conv(x, *((k - 1, 0) if causal else (k // 2, k // 2)))
+
+    def _pad_space(self, x: mx.array) -> mx.array:
+        if self.padding_mode == "zeros":
+            return x
+        p, mode = self.kernel_size // 2, PADDING_MODES[self.padding_mode]
+        return _pad_index(_pad_index(x, 2, p, p, mode), 3, p, p, mode)
 
     def _chunked_conv(self, x: mx.array, front: int, back: int) -> mx.array:
         # Convolutions may unfold their input k^3-fold (im2col): run them a few output frames at a time so
-        # that buffer stays under CONV_CHUNK_BYTES, gathering each chunk's frames with the edge-frame
-        # padding, so no time-padded copy of the whole input is made either.
+        # that buffer stays under CONV_CHUNK_BYTES, gathering and padding each chunk's frames (edge frames in
+        # time, the padding mode in space), so no padded copy of the whole input is made either.
         k, s, F = self.kernel_size, self.time_stride, x.shape[1]
         frames = (F + front + back - k) // s + 1
-        per_frame = x.shape[0] * x.shape[2] * x.shape[3] * x.shape[4] * k ** 3 * x.dtype.size
+        per_frame = x.shape[0] * (x.shape[2] + 2) * (x.shape[3] + 2) * x.shape[4] * k ** 3 * x.dtype.size
         n = min(frames, max(1, CONV_CHUNK_BYTES // per_frame))
         outs = []
         for i in range(0, frames, n):
             first, stop = i * s - front, (min(i + n, frames) - 1) * s + k - front
             idx = np.clip(np.arange(first, stop), 0, F - 1).astype(np.int32)
-            outs.append(self.conv(mx.take(x, mx.array(idx), axis=1)))
+            outs.append(self.conv(self._pad_space(mx.take(x, mx.array(idx), axis=1))))
             if EVAL_EACH_CONV:  # the backend may hold a conv's unfold buffer until its graph is evaluated
                 mx.eval(outs[-1])
         y = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
@@ -295,14 +298,15 @@ class DepthToSpaceUpsample(nn.Module):
                                  padding_mode=padding_mode)
 
     def __call__(self, x: mx.array, causal: bool = True) -> mx.array:
-        if self.residual:
-            skip = depth_to_space(x, self.stride)
-            skip = mx.tile(skip, (1, 1, 1, 1, math.prod(self.stride) // self.multiplier))
-        x = depth_to_space(self.conv(x, causal), self.stride)
-        if self.stride[0] == 2:
-            x = x[:, 1:]
-            skip = skip[:, 1:] if self.residual else None
-        return x + skip if self.residual else x
+        y = depth_to_space(self.conv(x, causal), self.stride)
+        drop = 1 if self.stride[0] == 2 else 0
+        if not self.residual:
+            return y[:, drop:]
+        # the input, depth-to-spaced and repeated along channels (broadcast, not materialised)
+        skip = depth_to_space(x, self.stride)[:, drop:]
+        B, D, H, W, C = y[:, drop:].shape
+        n = math.prod(self.stride) // self.multiplier
+        return (y[:, drop:].reshape(B, D, H, W, n, C // n) + skip[..., None, :]).reshape(B, D, H, W, C)
 
 
 class PerChannelStatistics(nn.Module):
