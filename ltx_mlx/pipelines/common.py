@@ -54,8 +54,9 @@ class GenerationResult:
 # ---------------------------------------------------------------------------------------------- transformer
 
 
-def _dit_perturbations(passes) -> Perturbations:
-    return Perturbations([[Perturbation(Skip(p.type.value), p.blocks) for p in passes.perturbations]])
+def _dit_perturbations(guidance_pass) -> Perturbations:
+    # The guiders' perturbation kinds and the transformer's share their names.
+    return Perturbations([[Perturbation(Skip(p.type.value), p.blocks) for p in guidance_pass.perturbations]])
 
 
 def _modality(state, context: mx.array, sigma: float, enabled: bool) -> Modality:
