@@ -222,3 +222,28 @@ def test_malformed_flags_are_usage_errors(models, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("generate.py: error: ")
+
+
+def test_each_model_is_freed_when_its_stage_is_done(models, monkeypatch):
+    import ltx_mlx.pipelines.common as common
+
+    seen = {}
+    real_denoise, real_decode = common.Generation.denoise, common.Generation.decode_video
+
+    def denoise(self, name, *args, **kwargs):
+        seen[name] = sorted(k[0] for k in self.bundle._loaded)
+        return real_denoise(self, name, *args, **kwargs)
+
+    def decode_video(self, *args, **kwargs):
+        seen["video decode"] = sorted(k[0] for k in self.bundle._loaded)
+        return real_decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(common.Generation, "denoise", denoise)
+    monkeypatch.setattr(common.Generation, "decode_video", decode_video)
+    pipe = ltx_mlx.load(models["dev"])
+    pipe.generate(prompt=PROMPT, pipeline="two-stage", height=64, width=64, num_frames=9, num_inference_steps=1,
+                  video_guidance={"stg_blocks": [0]}, audio_guidance={"stg_blocks": [0]}, progress=False)
+    # Gemma, the text projection, the video encoder, the upsampler, the audio decoder and vocoder are gone when
+    # the transformer runs; only one transformer (stage 1's, then stage 2's with the LoRA) is ever held.
+    assert seen == {"stage 1": ["transformer"], "stage 2": ["transformer"], "video decode": []}
+    assert pipe._loaded == {}
