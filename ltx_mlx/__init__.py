@@ -5,8 +5,12 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # `ltx_mlx.load` pulls in MLX and every model file: only when asked for.
-    if name in ("load", "LTXModelBundle"):
+    if name in ("load", "Pipeline"):
+        from .pipelines import api
+
+        return getattr(api, name)
+    if name == "LTXModelBundle":
         from . import bundle
 
-        return getattr(bundle, name)
+        return bundle.LTXModelBundle
     raise AttributeError(f"module 'ltx_mlx' has no attribute {name!r}")

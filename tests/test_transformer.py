@@ -1,6 +1,7 @@
 """The MLX transformer beyond float32 parity: full-size key/shape coverage, bf16, loader errors, fp8 files."""
 
 import copy
+import dataclasses
 import json
 
 import mlx.core as mx
@@ -195,3 +196,13 @@ def test_bad_calls_raise_clear_errors(tiny):
         model(to_ours(video), None, Perturbations([[], []]))
     with pytest.raises(ValueError, match="need"):
         TransformerConfig.from_dict(dict(cfg, share_ff=True))
+    v = to_ours(video)
+    for field, value, message in (("latent", v.latent[..., :4], "latent must be"),
+                                  ("positions", v.positions[:, :2], "positions must be"),
+                                  ("context", v.context[..., :5], "context must be"),
+                                  ("attention_mask", mx.ones((1, 3, 3)), "attention_mask must be"),
+                                  ("sigma", mx.array([0.5, 0.6]), "sigma must be")):
+        with pytest.raises(ValueError, match=message):
+            model(dataclasses.replace(v, **{field: value}), None)
+    out_float_sigma = model(dataclasses.replace(v, sigma=0.8), None)[0]  # a plain float sigma is fine
+    np.testing.assert_array_equal(np.array(out_float_sigma), np.array(model(v, None)[0]))

@@ -1,12 +1,154 @@
-"""`generate.py` / `ltx-mlx-generate`: text(+image/audio) → mp4 with audio. Not available yet."""
+"""`generate.py` / `ltx-mlx-generate`: text (+ images) → mp4 with audio, on MLX.
 
+    python generate.py --prompt "a red fox trots through fresh snow at dawn" --output-path fox.mp4
+    python generate.py --model ltx-2.3-dev-mlx --pipeline two-stage --prompt "..." --image first.png 0 1.0 \\
+        --num-frames 121 --height 1024 --width 1536 --output-path out.mp4 --verbose
+
+The default model is the official LTX-2.3 distilled release, downloaded and converted once into the cache.
+Every input is checked before any model is loaded or run; a bad one is a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+
+from ..pipelines.params import PIPELINES
+
+DEFAULT_MODEL = "Lightricks/LTX-2.3/ltx-2.3-22b-distilled-1.1.safetensors"
+DEFAULT_GEMMA = "google/gemma-3-12b-it-qat-q4_0-unquantized"
+DEFAULT_SPATIAL_UPSAMPLER = "Lightricks/LTX-2.3/ltx-2.3-spatial-upscaler-x2-1.1.safetensors"
+
+
+class PathAndStrength(argparse.Action):
+    """`PATH [STRENGTH]`, strength 1.0 when omitted (as the official --lora)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            raise argparse.ArgumentError(self, f"takes PATH and an optional STRENGTH, got {len(values)} values")
+        try:
+            item = (values[0], float(values[1]) if len(values) == 2 else 1.0)
+        except ValueError:
+            raise argparse.ArgumentError(self, f"STRENGTH must be a number, got {values[1]!r}") from None
+        if self.dest == "distilled_lora":
+            setattr(namespace, self.dest, item)
+        else:
+            setattr(namespace, self.dest, (getattr(namespace, self.dest) or []) + [item])
+
+
+class ImageArg(argparse.Action):
+    """`PATH FRAME_IDX STRENGTH [CRF]` (as the official --image)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (3, 4):
+            raise argparse.ArgumentError(self, f"takes PATH FRAME_IDX STRENGTH [CRF], got {len(values)} values")
+        try:
+            item = (values[0], int(values[1]), float(values[2]), *([int(values[3])] if len(values) == 4 else []))
+        except ValueError:
+            raise argparse.ArgumentError(self, f"FRAME_IDX and CRF must be integers and STRENGTH a number, got "
+                                         f"{' '.join(values[1:])!r}") from None
+        setattr(namespace, self.dest, (getattr(namespace, self.dest) or []) + [item])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="generate.py", description="Generate a video with audio from a prompt (and "
+                                "images) with LTX-2 / LTX-2.3 on MLX.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="converted ltx-mlx folder, official .safetensors "
+                   "checkpoint (converted once into the cache) or hub id (default: the LTX-2.3 distilled release)")
+    p.add_argument("--pipeline", choices=list(PIPELINES), default="distilled",
+                   help="; ".join(f"{k}: {v.description}" for k, v in PIPELINES.items()))
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None, help="guided pipelines (default: the official artefact list)")
+    p.add_argument("--seed", type=int, default=None, help="default 10")
+    p.add_argument("--height", type=int, default=None, help="default 1024 (two-stage), 512 (one-stage), 1088 (hq)")
+    p.add_argument("--width", type=int, default=None, help="default 1536 (two-stage), 768 (one-stage), 1920 (hq)")
+    p.add_argument("--num-frames", type=int, default=None, help="8k+1 frames (default 121)")
+    p.add_argument("--frame-rate", type=float, default=None, help="default 24")
+    p.add_argument("--num-inference-steps", type=int, default=None,
+                   help="guided stage-1 steps (default 30 for LTX-2.3, 40 for LTX-2, 15 for hq; distilled: fixed 8+3)")
+    p.add_argument("--image", dest="images", nargs="+", action=ImageArg, default=[],
+                   metavar=("PATH FRAME_IDX STRENGTH", "CRF"), help="conditioning image (repeatable)")
+    p.add_argument("--lora", nargs="+", action=PathAndStrength, default=[], metavar=("PATH", "STRENGTH"),
+                   help="LoRA fused into the transformer at load (repeatable)")
+    g = p.add_argument_group("guidance (guided pipelines; defaults by model version)")
+    for m, mod, other in (("video", "a2v", "audio"), ("audio", "v2a", "video")):
+        g.add_argument(f"--{m}-cfg-guidance-scale", type=float, help=f"{m} CFG scale against the negative prompt")
+        g.add_argument(f"--{m}-stg-guidance-scale", type=float, help=f"{m} STG scale (self-attention skipped)")
+        g.add_argument(f"--{m}-rescale-scale", type=float, help=f"{m} std rescale of the guided prediction (0: off)")
+        g.add_argument(f"--{m}-stg-blocks", type=int, nargs="*", help=f"transformer blocks {m} STG perturbs")
+        g.add_argument(f"--{mod}-guidance-scale", type=float, help=f"{m} modality scale (vs. no {other} attention)")
+        g.add_argument(f"--{m}-skip-step", type=int, help=f"guide {m} every N+1 steps only (0: every step)")
+    p.add_argument("--distilled-lora-strength-stage-1", type=float, help="hq (default 0.25)")
+    p.add_argument("--distilled-lora-strength-stage-2", type=float,
+                   help="two-stage/keyframes (default: the strength given at conversion), hq (default 0.5)")
+    c = p.add_argument_group("converting an official checkpoint (once, into the cache)")
+    c.add_argument("--gemma-root", help=f"Gemma-3 folder or hub id (default for the default model: {DEFAULT_GEMMA})")
+    c.add_argument("--spatial-upsampler-path", action="append", default=[], help="spatial upsampler file")
+    c.add_argument("--distilled-lora", nargs="+", action=PathAndStrength, metavar=("PATH", "STRENGTH"),
+                   help="distilled LoRA stored with the conversion (two-stage pipelines on a dev checkpoint)")
+    c.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    p.add_argument("--checkpoint-kind", choices=("auto", "distilled", "dev"), default="auto",
+                   help="whether the model is a distilled or dev checkpoint (auto: from the official file name)")
+    p.add_argument("--no-audio", action="store_true", help="skip audio decoding (video-only mp4)")
+    p.add_argument("--output-path", default="output.mp4")
+    p.add_argument("--verbose", action="store_true", help="per-stage time and peak memory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _guidance(args, m: str, mod: str) -> dict:
+    return {"cfg_scale": getattr(args, f"{m}_cfg_guidance_scale"), "stg_scale": getattr(args, f"{m}_stg_guidance_scale"),
+            "rescale_scale": getattr(args, f"{m}_rescale_scale"), "stg_blocks": getattr(args, f"{m}_stg_blocks"),
+            "modality_scale": getattr(args, f"{mod}_guidance_scale"), "skip_step": getattr(args, f"{m}_skip_step")}
+
+
+def _load(args):
+    import ltx_mlx
+    from ..model_folder import resolve_path
+
+    loras = [(resolve_path(path), strength) for path, strength in args.lora]  # a missing file fails before loading
+    default = args.model == DEFAULT_MODEL
+    gemma = args.gemma_root or (DEFAULT_GEMMA if default else None)
+    spatial = args.spatial_upsampler_path or ([DEFAULT_SPATIAL_UPSAMPLER] if default else [])
+    return ltx_mlx.load(args.model, loras, gemma_root=gemma, spatial_upsamplers=spatial,
+                        distilled_lora=args.distilled_lora, dtype=args.dtype, progress=not args.quiet)
+
+
+def run(args) -> int:
+    from ..pipelines.settings import check_request
+
+    # Cheap checks first: sizes, frames, images, output path — before downloading or loading anything.
+    check_request(args.pipeline, height=args.height, width=args.width, num_frames=args.num_frames,
+                  frame_rate=args.frame_rate, images=args.images, output_path=args.output_path, prompt=args.prompt)
+    pipe = _load(args)
+    result = pipe.generate(
+        args.prompt, pipeline=args.pipeline, negative_prompt=args.negative_prompt, seed=args.seed,
+        height=args.height, width=args.width, num_frames=args.num_frames, frame_rate=args.frame_rate,
+        num_inference_steps=args.num_inference_steps, images=args.images,
+        video_guidance=_guidance(args, "video", "a2v"), audio_guidance=_guidance(args, "audio", "v2a"),
+        audio=not args.no_audio,
+        distilled_lora_strengths=(args.distilled_lora_strength_stage_1, args.distilled_lora_strength_stage_2),
+        output_path=args.output_path, keep_frames=False,
+        distilled={"auto": None, "distilled": True, "dev": False}[args.checkpoint_kind], progress=not args.quiet, verbose=args.verbose)
+    if args.verbose:
+        total = sum(result.timings.values())
+        print(f"total {total:.1f} s; peak memory {max(result.peak_memory.values()) / 1e9:.2f} GB", file=sys.stderr)
+    print(f"wrote {args.output_path}")
+    return 0
 
 
 def main(argv=None) -> int:
-    print("ltx-mlx: generation is not available yet — the model components are being ported first "
-          "(see README.md, 'Status').", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    from ..checkpoint import CheckpointError
+
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("generate.py: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except (ValueError, CheckpointError, OSError) as e:
+        print(f"generate.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

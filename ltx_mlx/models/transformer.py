@@ -475,6 +475,14 @@ def _per_token_embedding(adaln: AdaLayerNormSingle, t: mx.array, dtype) -> tuple
     return rows[index], embedded[index]
 
 
+def _per_sample(value, B: int) -> mx.array:
+    """A scalar or `(B,)` sigma as a float32 `(B,)` array."""
+    value = mx.array(value, dtype=mx.float32) if not isinstance(value, mx.array) else value.astype(mx.float32)
+    if value.size not in (1, B):
+        raise ValueError(f"sigma must be a scalar or one value per sample ({B}), got shape {value.shape}")
+    return mx.broadcast_to(value.reshape(-1), (B,))
+
+
 def _self_attention_bias(mask: mx.array | None, dtype) -> mx.array | None:
     """[0, 1] strengths → additive bias `(B, 1, T, T)`: log(m), and the dtype's minimum where m ≤ 0."""
     if mask is None:
@@ -530,11 +538,12 @@ class LTXModel(nn.Module):
         heads = c.audio_num_attention_heads if audio else c.num_attention_heads
         max_pos = c.audio_positional_embedding_max_pos if audio else c.positional_embedding_max_pos
         dtype = m.latent.dtype
+        self._check(m, "audio" if audio else "video", len(max_pos))
         x = getattr(self, p + "patchify_proj")(m.latent)
         B, T = x.shape[:2]
         timesteps = m.timesteps.reshape(B, -1) * c.timestep_scale_multiplier
         rows, embedded = _per_token_embedding(getattr(self, p + "adaln_single"), timesteps, dtype)
-        sigma = mx.broadcast_to(m.sigma.reshape(-1), (B,)) * c.timestep_scale_multiplier
+        sigma = _per_sample(m.sigma, B) * c.timestep_scale_multiplier
         prompt = None
         if c.cross_attention_adaln:
             prompt = getattr(self, p + "prompt_adaln_single")(sigma, dtype)[0].reshape(B, 1, 2, inner)
@@ -551,6 +560,24 @@ class LTXModel(nn.Module):
             self._prepare_cross(args, m, other, audio, heads)
         return args
 
+    def _check(self, m: Modality, name: str, n_axes: int):
+        c = self.config
+        audio = name == "audio"
+        channels = c.audio_in_channels if audio else c.in_channels
+        context_dim = c.caption_channels if c.has_caption_projection else (c.audio_inner_dim if audio else c.inner_dim)
+        if m.latent.ndim != 3 or m.latent.shape[-1] != channels:
+            raise ValueError(f"{name} latent must be patchified tokens (B, T, {channels}), got {m.latent.shape}")
+        B, T, _ = m.latent.shape
+        if m.positions.shape != (B, n_axes, T, 2):
+            raise ValueError(f"{name} positions must be (B, {n_axes}, T, 2) = {(B, n_axes, T, 2)} [start, end) bounds, "
+                             f"got {m.positions.shape}")
+        if m.timesteps.size not in (B, B * T):
+            raise ValueError(f"{name} timesteps must be (B, T) or (B, T, 1) per token, got {m.timesteps.shape}")
+        if m.context.ndim != 3 or m.context.shape[0] != B or m.context.shape[-1] != context_dim:
+            raise ValueError(f"{name} context must be (B, S, {context_dim}) for this checkpoint, got {m.context.shape}")
+        if m.attention_mask is not None and m.attention_mask.shape != (B, T, T):
+            raise ValueError(f"{name} attention_mask must be (B, T, T) = {(B, T, T)}, got {m.attention_mask.shape}")
+
     def _rope(self, positions, dim, max_pos, heads, dtype, use_middle=True) -> RopeTable:
         c = self.config
         return rope_table(positions, dim, c.positional_embedding_theta, max_pos, heads, c.rope_type,
@@ -562,7 +589,7 @@ class LTXModel(nn.Module):
         dtype = m.latent.dtype
         cross_max = max(c.positional_embedding_max_pos[0], c.audio_positional_embedding_max_pos[0])
         args.cross_pe = self._rope(m.positions[:, 0:1], c.audio_cross_attention_dim, [cross_max], heads, dtype)
-        s = mx.broadcast_to(other.sigma.reshape(-1), (B,)) * c.timestep_scale_multiplier
+        s = _per_sample(other.sigma, B) * c.timestep_scale_multiplier
         factor = c.av_ca_timestep_scale_multiplier / c.timestep_scale_multiplier
         scale_shift = self.av_ca_audio_scale_shift_adaln_single if audio else self.av_ca_video_scale_shift_adaln_single
         gate = self.av_ca_v2a_gate_adaln_single if audio else self.av_ca_a2v_gate_adaln_single

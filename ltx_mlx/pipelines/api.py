@@ -1,0 +1,89 @@
+"""The Python API: `pipe = ltx_mlx.load(...)`, then `result = pipe.generate(prompt=..., ...)`.
+
+    import ltx_mlx
+    pipe = ltx_mlx.load("path/to/ltx-2.3-distilled-mlx")
+    result = pipe.generate(prompt="a red fox in fresh snow", num_frames=121, seed=3)
+    result.save("fox.mp4")            # result.frames: uint8 (F, H, W, 3); result.audio: float32 (2, N)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+from ..bundle import LTXModelBundle, LoRASpec, cached_conversion
+from ..bundle import load as load_bundle
+from ..convert import ConvertOptions
+from ..diffusion import MultiModalGuiderParams
+from ..model_folder import resolve_path
+from ..models.vae_tiling import TilingConfig
+from . import distilled as distilled_pipeline
+from . import hq, keyframes, one_stage, two_stage
+from .common import Generation, GenerationResult
+from .settings import check_model, pipeline_spec, resolve_settings
+
+RUNNERS = {"one-stage": one_stage.run, "two-stage": two_stage.run, "hq": hq.run, "keyframes": keyframes.run}
+
+
+class Pipeline(LTXModelBundle):
+    """A converted LTX model (components built on demand and freed per stage) that generates videos."""
+
+    def generate(self, prompt: str, *, pipeline: str = "distilled", negative_prompt: str | None = None,
+                 seed: int | None = None, height: int | None = None, width: int | None = None,
+                 num_frames: int | None = None, frame_rate: float | None = None,
+                 num_inference_steps: int | None = None, images: Sequence = (),
+                 video_guider_params: MultiModalGuiderParams | None = None,
+                 audio_guider_params: MultiModalGuiderParams | None = None,
+                 video_guidance: dict | None = None, audio_guidance: dict | None = None, audio: bool = True,
+                 tiling: TilingConfig | None | str = "default",
+                 distilled_lora_strengths: tuple[float | None, float | None] = (None, None),
+                 noise: Sequence[dict | None] | None = None, output_path=None, keep_frames: bool = True,
+                 distilled: bool | None = None, progress: bool = True, verbose: bool = False) -> GenerationResult:
+        """Generate a video with audio.
+
+        Defaults (steps, guidance, size, frames, seed) follow the model version as the reference's
+        `detect_params`. `images`: (path, frame_idx, strength[, crf]) tuples. `video_guidance` /
+        `audio_guidance`: overrides of MultiModalGuiderParams fields (cfg_scale, stg_scale, stg_blocks,
+        rescale_scale, modality_scale, skip_step). `noise`: per stage, None or
+        {"video": (1, T, C), "audio": (1, T', C')} token-space noise (plus "step_noise" / "substep_noise"
+        lists for res_2s stages) instead of draws from `seed`, to reproduce a run from another framework.
+        `output_path`: stream the mp4 there (frames also kept unless keep_frames=False). `distilled`:
+        whether the checkpoint is distilled (default: from its file name).
+        """
+        is_distilled = check_model(pipeline_spec(pipeline), self.components, self.config, distilled)
+        settings = resolve_settings(
+            pipeline, self.model_version, int(self.config["config"]["transformer"].get("num_layers", 48)),
+            prompt=prompt, negative_prompt=negative_prompt, seed=seed, height=height, width=width,
+            num_frames=num_frames, frame_rate=frame_rate, num_inference_steps=num_inference_steps, images=images,
+            video_guider_params=video_guider_params, audio_guider_params=audio_guider_params,
+            video_guidance=video_guidance, audio_guidance=audio_guidance, audio=audio, tiling=tiling,
+            distilled_lora_strengths=distilled_lora_strengths, noise=noise, output_path=output_path)
+        g = Generation(self, settings, progress=progress, verbose=verbose, keep_frames=keep_frames)
+        try:
+            if pipeline == "distilled":
+                return distilled_pipeline.run(g, distilled_checkpoint=is_distilled)
+            return RUNNERS[pipeline](g)
+        finally:
+            self.free()
+
+
+def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gemma_root: str | None = None,
+         spatial_upsamplers: Iterable[str] = (), temporal_upsamplers: Iterable[str] = (),
+         distilled_lora: tuple[str, float] | None = None, dtype: str = "bfloat16", quantize: dict | None = None,
+         progress: bool = True) -> Pipeline:
+    """`ltx_mlx.load` (see `ltx_mlx.bundle.load`) returning a Pipeline; `distilled_lora` (path, strength) is
+    stored with an official checkpoint's conversion for the two-stage pipelines."""
+    if distilled_lora is not None:
+        path = resolve_path(os.fspath(path_or_repo))
+        if not path.endswith(".safetensors"):
+            raise ValueError(f"{path} is not an official .safetensors checkpoint: the distilled LoRA is stored at "
+                             "conversion (convert.py --distilled-lora), so pass it with the official checkpoint")
+        opts = ConvertOptions(dtype=dtype, quantize=dict(quantize or {}), progress=progress,
+                              distilled_lora=(resolve_path(os.fspath(distilled_lora[0])), float(distilled_lora[1])))
+        folder = cached_conversion(path, resolve_path(gemma_root) if gemma_root else None,
+                                   [resolve_path(p) for p in spatial_upsamplers],
+                                   [resolve_path(p) for p in temporal_upsamplers], opts)
+        return Pipeline(folder, loras)
+    bundle = load_bundle(path_or_repo, loras, gemma_root=gemma_root, spatial_upsamplers=spatial_upsamplers,
+                         temporal_upsamplers=temporal_upsamplers, dtype=dtype, quantize=quantize, progress=progress)
+    return Pipeline(bundle.folder, bundle.loras)

@@ -1,0 +1,286 @@
+"""The steps every pipeline is made of: text encoding, image conditionings, denoising stages, the latent
+upsampler, audio decoding and tiled video decoding streamed into the mp4 writer; plus the per-stage
+bookkeeping (progress bars, time, peak memory) and freeing each model when its stage is done."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import mlx.core as mx
+import numpy as np
+from tqdm import tqdm
+
+from ..conditioning import AudioLatentTools, VideoLatentTools, apply_conditionings
+from ..diffusion import (GaussianNoiser, NoiseStream, euler_denoising_loop, guided_denoising_fn,
+                         res2s_denoising_loop, simple_denoising_fn)
+from ..latents import audio_latent_length
+from ..media import write_mp4
+from ..models.audio_vae import LATENT_DOWNSAMPLE_FACTOR, AudioVAEConfig
+from ..models.transformer import Modality, Perturbation, Perturbations, Skip, X0Model
+from ..models.upsampler import upsample_video
+from ..models.video_vae import VideoVAEConfig, decode_video, scale_factors
+from ..text_encoder import TextContext
+from .settings import SPATIAL_X2, Settings
+
+
+# ---------------------------------------------------------------------------------------------- result
+
+
+@dataclass
+class GenerationResult:
+    """frames uint8 (F, H, W, 3) (None when streamed to a file with keep_frames=False), audio float32 (2, N)
+    at `sample_rate` (None with audio=False), per-stage seconds and peak bytes."""
+
+    frames: np.ndarray | None
+    audio: np.ndarray | None
+    sample_rate: int | None
+    frame_rate: float
+    timings: dict = field(default_factory=dict)
+    peak_memory: dict = field(default_factory=dict)
+    path: str | None = None
+
+    def save(self, path) -> str:
+        if self.frames is None:
+            raise ValueError("this result kept no frames (it was streamed to a file with keep_frames=False)")
+        write_mp4(path, self.frames, self.frame_rate, self.audio, self.sample_rate)
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------------- transformer
+
+
+def _dit_perturbations(guidance_pass) -> Perturbations:
+    # The guiders' perturbation kinds and the transformer's share their names.
+    return Perturbations([[Perturbation(Skip(p.type.value), p.blocks) for p in guidance_pass.perturbations]])
+
+
+def _modality(state, context: mx.array, sigma: float, enabled: bool) -> Modality:
+    s = mx.array([sigma], dtype=mx.float32)
+    return Modality(latent=state.latent, sigma=s, timesteps=state.denoise_mask * s, positions=state.positions,
+                    context=context, enabled=enabled, attention_mask=state.attention_mask)
+
+
+def transformer_fn(model: X0Model, positive: TextContext, negative: TextContext | None = None):
+    """`model_fn` for the guiders: one forward pass per GuidancePass (negative prompt, STG, modality isolation)."""
+
+    def run(video_state, audio_state, sigma: float, passes):
+        out = []
+        for p in passes:
+            ctx = negative if p.negative and negative is not None else positive
+            video = _modality(video_state, ctx.video, sigma, p.video_enabled)
+            audio = _modality(audio_state, ctx.audio, sigma, p.audio_enabled)
+            out.append(model(video, audio, _dit_perturbations(p)))
+        return out
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+class Generation:
+    """One generation: the model bundle, the resolved settings, the noise source and the stage bookkeeping."""
+
+    def __init__(self, bundle, settings: Settings, *, progress: bool = True, verbose: bool = False,
+                 keep_frames: bool = True, log: Callable[[str], None] | None = None):
+        self.bundle, self.s = bundle, settings
+        self.dtype = getattr(mx, bundle.dtype)
+        self.progress, self.verbose, self.keep_frames = progress, verbose, keep_frames
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.noise_stream = NoiseStream(settings.seed)
+        self.timings, self.peaks = {}, {}
+        cfg = bundle.config["config"]
+        self.vae_cfg = VideoVAEConfig.from_dict(cfg["vae"])
+        self.audio_cfg = AudioVAEConfig.from_dict(cfg["audio_vae"])
+
+    # -- bookkeeping
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        mx.reset_peak_memory()
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+        self.peaks[name] = mx.get_peak_memory()
+        if self.verbose:
+            self.log(f"[{name}] {self.timings[name]:.2f} s, peak memory {self.peaks[name] / 1e9:.2f} GB")
+
+    def bar(self, total: int, desc: str, unit: str = "step"):
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=self.verbose, file=sys.stderr)
+
+    def free(self, *names: str):
+        """Drop cached models; callers delete their own references first."""
+        self.bundle.free(*names)
+        gc.collect()
+        mx.clear_cache()
+
+    # -- grids
+
+    def video_tools(self, height: int, width: int) -> VideoLatentTools:
+        t, sp = scale_factors(self.vae_cfg, self.vae_cfg.decoder_blocks)
+        return VideoLatentTools.from_pixel_shape(1, self.s.num_frames, height, width, self.s.frame_rate,
+                                                 channels=self.vae_cfg.latent_channels, scale_factors=(t, sp, sp))
+
+    def audio_tools(self) -> AudioLatentTools:
+        c = self.audio_cfg
+        bins = (c.mel_bins or 64) // 2 ** (len(c.ch_mult) - 1)
+        frames = audio_latent_length(self.s.num_frames, self.s.frame_rate, c.sampling_rate, c.hop_length,
+                                     LATENT_DOWNSAMPLE_FACTOR)
+        return AudioLatentTools(1, c.z_channels, frames, bins, c.sampling_rate, c.hop_length,
+                                LATENT_DOWNSAMPLE_FACTOR, causal=c.causality_axis is not None)
+
+    # -- steps
+
+    def load_transformer(self, loras=None, name: str = "load transformer") -> X0Model:
+        """The denoiser (x0 predictions), with `loras` fused (None: the bundle's own LoRAs)."""
+        with self.stage(name):
+            return X0Model(self.bundle.transformer(loras))
+
+    def encode_text(self) -> tuple[TextContext, TextContext | None]:
+        """Gemma runs the prompt(s) and is freed before the text projection is loaded; then that is freed too."""
+        prompts = [self.s.prompt] + ([self.s.negative_prompt] if self.s.negative_prompt is not None else [])
+        with self.stage("text"), self.bar(len(prompts), "text encoding", "prompt") as bar:
+            encoder = self.bundle.text_encoder()
+            contexts = encoder.encode(prompts, free_gemma=True)
+            bar.update(len(prompts))
+            del encoder
+            self.free("gemma", "text_projection")
+        return contexts[0], (contexts[1] if len(contexts) > 1 else None)
+
+    def encode_images(self, sizes: Sequence[tuple[int, int]], build: Callable):
+        """Conditioning items per stage size with the video encoder (then freed); also returns the VAE's
+        per-channel statistics, which the upsampler needs."""
+        with self.stage("image encoding"):
+            encoder = self.bundle.video_encoder()
+
+            def encode(image: mx.array) -> mx.array:
+                z = encoder(image.astype(self.dtype))
+                mx.eval(z)
+                return z
+
+            items = [build(self.s.images, h, w, encode) for h, w in sizes]
+            stats = encoder.per_channel_statistics
+            del encoder, encode
+            self.free("video_encoder")
+        return items, stats
+
+    def noiser(self, stage: int) -> GaussianNoiser:
+        """The stage's noise: injected (video then audio, token space) or the run's seeded stream."""
+        given = self.s.noise[stage] if stage < len(self.s.noise) else None
+        if given is None:
+            return GaussianNoiser(self.noise_stream)
+        return GaussianNoiser([given["video"], given["audio"]])
+
+    def res2s_noise(self, stage: int) -> dict:
+        given = self.s.noise[stage] if stage < len(self.s.noise) else None
+        if not given:
+            return {}
+        return {k: given[k] for k in ("step_noise", "substep_noise") if k in given}
+
+    def denoise(self, name: str, stage: int, loop: Callable, sigmas, video_tools: VideoLatentTools,
+                audio_tools: AudioLatentTools, conditionings=(), noise_scale: float = 1.0,
+                initial_video: mx.array | None = None, initial_audio: mx.array | None = None):
+        """Build and noise the states (video first, then audio), drive the loop one step at a time, return the
+        clean channels-last video latent (B, F, H, W, C) and the audio latent (B, C, T, M)."""
+        noiser = self.noiser(stage)
+        video = apply_conditionings(video_tools.create_initial_state(self.dtype, initial_video), conditionings,
+                                    video_tools)
+        video = noiser(video, noise_scale)
+        audio = noiser(audio_tools.create_initial_state(self.dtype, initial_audio), noise_scale)
+        steps = len(sigmas) - 1
+        with self.stage(name), self.bar(steps, f"{name} ({video_tools.token_count} video tokens)") as bar:
+            last = time.perf_counter()
+            for video, audio in loop(sigmas, video, audio):
+                mx.eval(video.latent, audio.latent)
+                now = time.perf_counter()
+                bar.set_postfix_str(f"{now - last:.2f} s/step")
+                bar.update(1)
+                last = now
+        video = video_tools.clear_conditioning(video)
+        return video_tools.unpatchify(video.latent), audio_tools.unpatchify(audio.latent)
+
+    def upsample(self, latent: mx.array, statistics) -> mx.array:
+        with self.stage("upsample"), self.bar(1, "upsampling x2", "latent") as bar:
+            upsampler = self.bundle.get(SPATIAL_X2)
+            out = upsample_video(latent, statistics, upsampler)
+            mx.eval(out)
+            bar.update(1)
+            del upsampler
+            self.free(SPATIAL_X2)
+        return out
+
+    def decode(self, video_latent: mx.array, audio_latent: mx.array, tiled: bool = True) -> GenerationResult:
+        """Audio first (the mp4 writer muxes it alongside the video), then the video tile by tile, each chunk
+        streamed into the file as soon as it is decoded."""
+        waveform, rate = self.decode_audio(audio_latent) if self.s.audio else (None, None)
+        frames = self.decode_video(video_latent, self.s.tiling if tiled else None, waveform, rate)
+        return GenerationResult(frames, waveform, rate, self.s.frame_rate, dict(self.timings), dict(self.peaks),
+                                self.s.output_path)
+
+    def decode_audio(self, latent: mx.array) -> tuple[np.ndarray, int]:
+        with self.stage("audio decode"), self.bar(1, "audio decode + vocoder", "clip") as bar:
+            decoder, vocoder = self.bundle.audio_decoder(), self.bundle.vocoder()
+            wav = vocoder(decoder(latent.astype(self.dtype))).astype(mx.float32)[0]
+            mx.eval(wav)
+            rate = int(vocoder.output_sampling_rate)
+            bar.update(1)
+            del decoder, vocoder
+            self.free("audio_decoder", "vocoder")
+        return fit_audio(np.array(wav), rate, self.s.num_frames / self.s.frame_rate), rate
+
+    def decode_video(self, latent: mx.array, tiling, audio, rate) -> np.ndarray | None:
+        with self.stage("video decode"), self.bar(self.s.num_frames, "video decode", "frame") as bar:
+            decoder = self.bundle.video_decoder()
+            kept = []
+
+            def chunks() -> Iterator[np.ndarray]:
+                for chunk in decode_video(latent, decoder, tiling, noise=self.noise_stream):
+                    frames = np.array(chunk)
+                    if self.keep_frames:
+                        kept.append(frames)
+                    if self.s.output_path is None:
+                        bar.update(len(frames))
+                    yield frames
+
+            if self.s.output_path is not None:
+                write_mp4(self.s.output_path, chunks(), self.s.frame_rate, audio, rate, progress=bar)
+            else:
+                for _ in chunks():
+                    pass
+            del decoder
+            self.free("video_decoder")
+        return np.concatenate(kept) if kept else None
+
+
+def fit_audio(wav: np.ndarray, rate: int, seconds: float) -> np.ndarray:
+    """Trim or zero-pad the waveform to the video's duration (the decoder's 4T-3 mel frames and the latent
+    rounding leave it up to ~50 ms off, more than a frame at 24 fps)."""
+    n = int(round(seconds * rate))
+    if wav.shape[-1] >= n:
+        return np.ascontiguousarray(wav[..., :n])
+    return np.pad(wav, ((0, 0), (0, n - wav.shape[-1])))
+
+
+# ---------------------------------------------------------------------------------------------- loops
+
+
+def euler_loop(denoise_fn):
+    return lambda sigmas, video, audio: euler_denoising_loop(sigmas, video, audio, denoise_fn)
+
+
+def res2s_loop(denoise_fn, **noise):
+    return lambda sigmas, video, audio: res2s_denoising_loop(sigmas, video, audio, denoise_fn, **noise)
+
+
+def simple(model: X0Model, context: TextContext):
+    return simple_denoising_fn(transformer_fn(model, context))
+
+
+def guided(model: X0Model, positive: TextContext, negative: TextContext | None, settings: Settings):
+    return guided_denoising_fn(transformer_fn(model, positive, negative), settings.video_guider,
+                               settings.audio_guider)

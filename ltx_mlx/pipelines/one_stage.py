@@ -1,0 +1,29 @@
+"""One-stage pipeline: a dev checkpoint at full size, Euler on the token-count-free LTX2Scheduler schedule,
+multi-modal guidance (CFG, STG, modality isolation, rescale) for video and audio."""
+
+from __future__ import annotations
+
+from ..conditioning import combined_image_conditionings
+from ..diffusion import LTX2Scheduler
+from .common import Generation, GenerationResult, euler_loop, guided
+
+
+def run(g: Generation) -> GenerationResult:
+    s = g.s
+
+    # 1. Text: positive and negative prompts.
+    positive, negative = g.encode_text()
+
+    # 2. Image conditionings at full size.
+    (conditionings,), _ = g.encode_images([(s.height, s.width)], combined_image_conditionings)
+
+    # 3. Guided denoising (the scheduler is called without a latent, as the reference does).
+    model = g.load_transformer()
+    sigmas = LTX2Scheduler().execute(steps=s.num_inference_steps)
+    video, audio = g.denoise("denoise", 0, euler_loop(guided(model, positive, negative, s)), sigmas,
+                             g.video_tools(s.height, s.width), g.audio_tools(), conditionings)
+    del model
+    g.free("transformer")
+
+    # 4. Audio decode + vocoder, then the video decoded in tiles streamed into the mp4.
+    return g.decode(video, audio)

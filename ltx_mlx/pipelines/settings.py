@@ -1,0 +1,230 @@
+"""One generation's settings: user options resolved against the pipeline's defaults and checked before any
+heavy work (every check here reads at most the converted model's config.json and the conditioning images)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+from ..checkpoint import CheckpointError
+from ..conditioning import ImageConditioningInput, check_image_conditionings
+from ..diffusion import MultiModalGuiderParams
+from ..media import DEFAULT_IMAGE_CRF, check_output_path, decode_image
+from ..models.vae_tiling import TilingConfig
+from .params import DEFAULT_NEGATIVE_PROMPT, HQ_DISTILLED_LORA_STRENGTHS, PIPELINES, PipelineSpec, detect_params
+
+FRAMES_PER_LATENT = 8
+SPATIAL_X2 = "spatial_upsampler_x2"  # the converted folder's name for the x2 spatial upsampler
+
+
+def pipeline_spec(name: str) -> PipelineSpec:
+    if name not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; choose one of: {', '.join(PIPELINES)}")
+    return PIPELINES[name]
+
+
+def check_num_frames(num_frames: int):
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive integer of the form 8k+1 (1, 9, 17, ..., 121), "
+                         f"got {num_frames!r}")
+    if (num_frames - 1) % FRAMES_PER_LATENT:
+        below = (num_frames - 1) // FRAMES_PER_LATENT * FRAMES_PER_LATENT + 1
+        raise ValueError(f"num_frames {num_frames} is not of the form 8k+1 (the VAE packs 8 frames per latent "
+                         f"after the first); use {below} or {below + FRAMES_PER_LATENT}")
+
+
+def check_size(height: int, width: int, spec: PipelineSpec):
+    m = spec.size_multiple
+    why = "it runs stage 1 at half size" if spec.two_stage else "the VAE works on 32-pixel blocks"
+    for name, v in (("height", height), ("width", width)):
+        if not isinstance(v, int) or v <= 0 or v % m:
+            near = max(m, round(v / m) * m) if isinstance(v, (int, float)) and v > 0 else m
+            raise ValueError(f"{name} {v!r} is not a multiple of {m}, which the {spec.name} pipeline needs "
+                             f"({why}); use e.g. {near}")
+
+
+def as_image_inputs(images: Sequence) -> tuple[ImageConditioningInput, ...]:
+    """(path, frame_idx, strength[, crf]) tuples or ImageConditioningInput → checked-type inputs."""
+    out = []
+    for item in images or ():
+        if isinstance(item, ImageConditioningInput):
+            out.append(item)
+            continue
+        if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
+            raise ValueError(f"an image conditioning is (path, frame_idx, strength[, crf]), got {item!r}")
+        path, frame, strength, *crf = item
+        try:
+            frame_i, strength_f = int(frame), float(strength)
+            crf_v = int(crf[0]) if crf else DEFAULT_IMAGE_CRF
+        except (TypeError, ValueError):
+            raise ValueError(f"image {path!r}: FRAME_IDX and CRF must be integers and STRENGTH a number, got "
+                             f"{item[1:]!r}") from None
+        if frame_i != float(frame):
+            raise ValueError(f"image {path!r}: the frame index must be an integer, got {frame!r}")
+        out.append(ImageConditioningInput(os.fspath(path), frame_i, strength_f, crf_v))
+    return tuple(out)
+
+
+def check_images(images: Sequence[ImageConditioningInput], num_frames: int, spec: PipelineSpec):
+    check_image_conditionings(images, num_frames)
+    for img in images:
+        if not 0 <= img.crf <= 51:
+            raise ValueError(f"image {img.path!r}: CRF {img.crf} is outside libx264's 0..51 (0 = no loss, "
+                             f"default {DEFAULT_IMAGE_CRF})")
+        decode_image(img.path)  # unreadable or not an image: fail now, not after text encoding
+    if spec.name == "keyframes" and not images:
+        raise ValueError("the keyframes pipeline interpolates between images: give at least one --image PATH "
+                         "FRAME_IDX STRENGTH")
+
+
+def check_request(pipeline: str, *, height: int | None = None, width: int | None = None,
+                  num_frames: int | None = None, frame_rate: float | None = None, images: Sequence = (),
+                  output_path=None, prompt: str | None = None) -> tuple[ImageConditioningInput, ...]:
+    """The model-independent checks (sizes, frames, images, output path); returns the parsed images."""
+    spec = pipeline_spec(pipeline)
+    defaults = detect_params(None, pipeline)
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise ValueError('the prompt is empty: describe the video to generate (e.g. --prompt "a cat on a beach")')
+    frames = defaults.num_frames if num_frames is None else num_frames
+    check_num_frames(frames)
+    h = (defaults.stage_2_height if spec.two_stage else defaults.stage_1_height) if height is None else height
+    w = (defaults.stage_2_width if spec.two_stage else defaults.stage_1_width) if width is None else width
+    check_size(h, w, spec)
+    if frame_rate is not None and (not isinstance(frame_rate, (int, float)) or not math.isfinite(frame_rate)
+                                   or frame_rate <= 0):
+        raise ValueError(f"frame_rate must be a positive number of frames per second, got {frame_rate!r}")
+    parsed = as_image_inputs(images)
+    check_images(parsed, frames, spec)
+    if output_path is not None:
+        check_output_path(output_path)
+    return parsed
+
+
+@dataclass(frozen=True)
+class Settings:
+    pipeline: PipelineSpec
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    height: int
+    width: int
+    num_frames: int
+    frame_rate: float
+    num_inference_steps: int
+    images: tuple[ImageConditioningInput, ...]
+    video_guider: MultiModalGuiderParams
+    audio_guider: MultiModalGuiderParams
+    audio: bool
+    tiling: TilingConfig | None
+    distilled_lora_strengths: tuple[float | None, float | None]
+    noise: tuple
+    output_path: str | None
+
+
+def _guider(base: MultiModalGuiderParams, given, overrides: dict) -> MultiModalGuiderParams:
+    p = given if given is not None else base
+    if not isinstance(p, MultiModalGuiderParams):
+        raise ValueError(f"guider params must be MultiModalGuiderParams, got {type(p).__name__}")
+    return replace(p, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, *, prompt: str,
+                     negative_prompt: str | None = None, seed: int | None = None, height: int | None = None,
+                     width: int | None = None, num_frames: int | None = None, frame_rate: float | None = None,
+                     num_inference_steps: int | None = None, images: Sequence = (),
+                     video_guider_params: MultiModalGuiderParams | None = None,
+                     audio_guider_params: MultiModalGuiderParams | None = None, video_guidance: dict | None = None,
+                     audio_guidance: dict | None = None, audio: bool = True,
+                     tiling: TilingConfig | None | str = "default",
+                     distilled_lora_strengths: tuple[float | None, float | None] = (None, None),
+                     noise: Sequence | None = None, output_path=None) -> Settings:
+    """Every option with the version's default filled in, checked."""
+    spec = pipeline_spec(pipeline)
+    parsed = check_request(pipeline, height=height, width=width, num_frames=num_frames, frame_rate=frame_rate,
+                           images=images, output_path=output_path, prompt=prompt)
+    d = detect_params(model_version, pipeline)
+    steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
+    vg = _guider(d.video_guider_params, video_guider_params, video_guidance or {})
+    ag = _guider(d.audio_guider_params, audio_guider_params, audio_guidance or {})
+    for name, g in (("video", vg), ("audio", ag)):
+        bad = [b for b in (g.stg_blocks or []) if not 0 <= b < num_layers]
+        if bad and g.stg_scale != 0 and spec.guided:
+            raise ValueError(f"{name} STG blocks {bad} do not exist: this transformer has blocks 0..{num_layers - 1}")
+        if g.skip_step < 0:
+            raise ValueError(f"{name} skip_step must be >= 0, got {g.skip_step}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    for s in distilled_lora_strengths:
+        if s is not None and not isinstance(s, (int, float)):
+            raise ValueError(f"distilled LoRA strengths must be numbers, got {s!r}")
+    if spec.name == "hq":
+        distilled_lora_strengths = tuple(HQ_DISTILLED_LORA_STRENGTHS[i] if s is None else float(s)
+                                         for i, s in enumerate(distilled_lora_strengths))
+    check_noise(noise, 2 if spec.two_stage else 1)
+    negative = negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
+    return Settings(
+        pipeline=spec, prompt=prompt, negative_prompt=negative if spec.guided else None,
+        seed=d.seed if seed is None else seed,
+        height=height or (d.stage_2_height if spec.two_stage else d.stage_1_height),
+        width=width or (d.stage_2_width if spec.two_stage else d.stage_1_width),
+        num_frames=d.num_frames if num_frames is None else num_frames,
+        frame_rate=float(d.frame_rate if frame_rate is None else frame_rate), num_inference_steps=steps,
+        images=parsed, video_guider=vg, audio_guider=ag, audio=bool(audio),
+        tiling=TilingConfig.default() if tiling == "default" else tiling,
+        distilled_lora_strengths=tuple(distilled_lora_strengths), noise=tuple(noise or ()),
+        output_path=None if output_path is None else os.fspath(output_path))
+
+
+NOISE_KEYS = ("video", "audio", "step_noise", "substep_noise")
+
+
+def check_noise(noise: Sequence | None, stages: int):
+    """Injected noise: per stage None or {"video": ..., "audio": ...} (+ res_2s "step_noise"/"substep_noise")."""
+    if noise is None:
+        return
+    if isinstance(noise, dict) or len(noise) > stages:
+        raise ValueError(f"noise is a list with one entry per stage ({stages} here), each None or a dict with "
+                         "'video' and 'audio' token-space arrays")
+    for i, entry in enumerate(noise):
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not {"video", "audio"} <= set(entry) or set(entry) - set(NOISE_KEYS):
+            raise ValueError(f"noise for stage {i + 1} must be a dict with 'video' and 'audio' arrays (and optionally "
+                             f"'step_noise'/'substep_noise' for res_2s), got {entry!r:.80}")
+
+
+def is_distilled_checkpoint(config: dict) -> bool:
+    """Whether the converted model came from a distilled checkpoint (the official names say so; the files'
+    metadata does not)."""
+    source = config.get("source", {})
+    name = source.get("checkpoint", "") if isinstance(source, dict) else str(source)
+    return "distilled" in name.lower()
+
+
+def check_model(spec: PipelineSpec, components: Sequence[str], config: dict, distilled: bool | None = None):
+    """The converted model has what the pipeline needs: the right checkpoint kind, Gemma, the upsampler,
+    the distilled LoRA."""
+    distilled = is_distilled_checkpoint(config) if distilled is None else distilled
+    has_lora = "distilled_lora" in components
+    if "gemma" not in components:
+        raise CheckpointError("this converted model has no Gemma text encoder; convert it again with "
+                              "--gemma-root (google/gemma-3-12b-it-qat-q4_0-unquantized)")
+    if spec.guided and distilled:
+        raise ValueError(f"the {spec.name} pipeline is guided and needs a dev checkpoint, but this model is a "
+                         "distilled checkpoint; use --pipeline distilled, or a dev checkpoint")
+    if not spec.guided and not distilled and not has_lora:
+        raise ValueError("the distilled pipeline needs a distilled checkpoint, or a dev checkpoint converted with "
+                         "--distilled-lora; this model is a dev checkpoint without the distilled LoRA (or use "
+                         "--pipeline one-stage)")
+    if spec.refine_lora and not has_lora:
+        raise ValueError(f"the {spec.name} pipeline refines stage 2 with the distilled LoRA, which this model lacks; "
+                         "convert it with --distilled-lora ltx-2.3-22b-distilled-lora-384.safetensors")
+    if spec.two_stage and SPATIAL_X2 not in components:
+        raise ValueError(f"the {spec.name} pipeline upsamples stage 1 with the spatial x2 upsampler, which this "
+                         "model lacks; convert it with --spatial-upsampler-path ltx-2.3-spatial-upscaler-x2-1.0"
+                         ".safetensors")
+    return distilled

@@ -1,0 +1,249 @@
+"""End to end: tiny official checkpoints → convert.py → generate.py for every pipeline → the mp4 decoded with
+PyAV (frame count, size, frame rate, AAC stereo at the vocoder's rate lasting as long as the video); same seed,
+same frames; the Python API; and every bad input rejected with a one-line error before any model is built."""
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+import ltx_mlx
+import mlx.core as mx
+from ltx_mlx.models.vae_tiling import SpatialTilingConfig, TemporalTilingConfig, TilingConfig
+from ltx_mlx.bundle import LTXModelBundle
+from ltx_mlx.cli.generate import main as generate
+from pipeline_fixtures import convert_folder, write_pipeline_checkpoints
+
+PROMPT = "a cat walks on the beach at sunset"
+SMALL = ["--height", "64", "--width", "64", "--num-frames", "9", "--num-inference-steps", "2",
+         "--video-stg-blocks", "1", "--audio-stg-blocks", "2", "--quiet"]
+
+
+def write_png(path, seed=0, size=(48, 80)):
+    img = (np.random.default_rng(seed).random((*size, 3)) * 255).astype(np.uint8)
+    with av.open(str(path), "w", format="image2") as c:
+        s = c.add_stream("png")
+        s.height, s.width = size
+        s.pix_fmt = "rgb24"
+        for packet in [*s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")), *s.encode(None)]:
+            c.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("generate")
+    distilled, dev, gemma, upsampler, lora = write_pipeline_checkpoints(tmp)
+    out = {"distilled": convert_folder(distilled, tmp / "distilled-mlx", gemma, upsampler),
+           "dev": convert_folder(dev, tmp / "dev-mlx", gemma, upsampler, lora),
+           "dev-no-lora": convert_folder(dev, tmp / "dev-no-lora-mlx", gemma, upsampler),
+           "image": write_png(tmp / "image.png"), "tmp": tmp}
+    tmp2 = tmp / "ltx2"
+    tmp2.mkdir()
+    distilled_2, _, gemma_2, upsampler_2, _ = write_pipeline_checkpoints(tmp2, "2")
+    out["distilled-2"] = convert_folder(distilled_2, tmp2 / "distilled-mlx", gemma_2, upsampler_2)
+    return out
+
+
+def read_mp4(path):
+    with av.open(str(path)) as c:
+        video = c.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video)])
+        rate = video.average_rate
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return frames, rate, None
+        stream = c.streams.audio[0]
+        info = (stream.codec_context.name, stream.codec_context.layout.nb_channels, stream.rate)
+        samples = sum(f.samples for f in c.decode(stream))
+        duration = float(stream.duration * stream.time_base)
+    return frames, rate, (*info, samples, duration)
+
+
+CASES = [  # model, pipeline, frame rate, extra args
+    ("distilled", "distilled", "24", ["--image", "IMAGE", "0", "1.0"]),
+    ("dev", "one-stage", str(24000 / 1001), []),
+    ("dev", "two-stage", "25", ["--image", "IMAGE", "8", "0.7", "20"]),
+    ("dev", "hq", "24", []),
+    ("dev", "keyframes", "24", ["--image", "IMAGE", "0", "1.0", "--image", "IMAGE", "8", "0.9"]),
+    ("dev", "distilled", "24", []),  # dev checkpoint + its distilled LoRA
+    ("distilled-2", "distilled", "30", []),  # LTX-2: HiFi-GAN vocoder at 24 kHz
+]
+
+
+@pytest.mark.parametrize("model,pipeline,fps,extra", CASES, ids=[f"{m}:{p}" for m, p, _, _ in CASES])
+def test_generate_writes_the_requested_mp4(models, model, pipeline, fps, extra, capsys):
+    out = models["tmp"] / f"{model}-{pipeline}.mp4"
+    extra = [str(models["image"]) if a == "IMAGE" else a for a in extra]
+    argv = ["--model", str(models[model]), "--pipeline", pipeline, "--prompt", PROMPT, "--frame-rate", fps,
+            "--output-path", str(out), "--seed", "3", *SMALL, *extra]
+    assert generate(argv) == 0, capsys.readouterr().err
+    frames, rate, (codec, channels, sample_rate, samples, duration) = read_mp4(out)
+    expected_rate = Fraction(float(fps)).limit_denominator(1001)
+    assert frames.shape == (9, 64, 64, 3) and rate == expected_rate
+    vocoder_rate = LTXModelBundle(models[model]).vocoder().output_sampling_rate
+    assert (codec, channels, sample_rate) == ("aac", 2, vocoder_rate)
+    video_seconds = 9 / float(expected_rate)
+    assert abs(duration - video_seconds) <= 1 / float(expected_rate), (duration, video_seconds)
+    assert round(video_seconds * sample_rate) <= samples <= round(video_seconds * sample_rate) + 2048  # AAC framing
+    print(f"{model}:{pipeline}: 9 frames @ {rate}, aac {sample_rate} Hz, {duration:.4f} s vs video "
+          f"{video_seconds:.4f} s ({samples} decoded samples)")
+
+
+def test_same_seed_same_frames_other_seed_other_frames(models, capsys):
+    runs = {}
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        out = models["tmp"] / f"seed-{name}.mp4"
+        argv = ["--model", str(models["distilled"]), "--prompt", PROMPT, "--seed", seed, "--output-path", str(out),
+                "--no-audio", *SMALL]
+        assert generate(argv) == 0, capsys.readouterr().err
+        runs[name], _, audio = read_mp4(out)
+        assert audio is None  # --no-audio: no audio stream
+    assert np.array_equal(runs["a"], runs["b"])
+    assert not np.array_equal(runs["a"], runs["c"])
+
+
+def test_python_api(models, tmp_path):
+    pipe = ltx_mlx.load(models["distilled"])
+    assert isinstance(pipe, LTXModelBundle)
+    result = pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, frame_rate=24.0, seed=1,
+                           progress=False, verbose=True)
+    assert result.frames.dtype == np.uint8 and result.frames.shape == (17, 64, 128, 3)
+    assert result.audio.dtype == np.float32 and result.audio.shape == (2, round(17 / 24 * result.sample_rate))
+    assert {"text", "stage 1", "upsample", "stage 2", "audio decode", "video decode"} <= set(result.timings)
+    assert pipe._loaded == {}  # every model freed
+    path = result.save(tmp_path / "api.mp4")
+    frames, rate, audio = read_mp4(path)
+    assert frames.shape == result.frames.shape and rate == 24 and audio[:3] == ("aac", 2, result.sample_rate)
+    again = pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, seed=1, progress=False)
+    assert np.array_equal(again.frames, result.frames) and np.array_equal(again.audio, result.audio)
+
+
+def test_injected_noise_replaces_the_seed(models):
+    pipe = ltx_mlx.load(models["distilled"])
+    rng = np.random.default_rng(0)
+    # stage 1: 3 latent frames x 1 x 2 tokens at half size; stage 2: 3 x 2 x 4; audio: round(17 / 24 * 25) frames
+    noise = [{"video": rng.standard_normal((1, n, 8)).astype(np.float32),
+              "audio": rng.standard_normal((1, 18, 32)).astype(np.float32)} for n in (6, 24)]
+    runs = [pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, seed=s, progress=False,
+                          noise=[{k: mx.array(v) for k, v in n.items()} for n in noise]) for s in (1, 2)]
+    seeded = pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, seed=1, progress=False)
+    assert np.array_equal(runs[0].frames, runs[1].frames) and np.array_equal(runs[0].audio, runs[1].audio)
+    assert not np.array_equal(runs[0].frames, seeded.frames)
+    with pytest.raises(ValueError, match="expected"):
+        pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, progress=False,
+                      noise=[{"video": mx.zeros((1, 5, 8)), "audio": mx.zeros((1, 18, 32))}])
+    with pytest.raises(ValueError, match="one entry per stage"):
+        pipe.generate(prompt=PROMPT, height=64, width=128, num_frames=17, progress=False, noise=[None, None, None])
+
+
+def test_tiled_decode_streams_chunks_into_the_writer(models, tmp_path, monkeypatch):
+    import ltx_mlx.pipelines.common as common
+
+    chunks = []
+    real = common.write_mp4
+
+    def spy(path, video, *args, **kwargs):
+        def counted():
+            for c in video:
+                chunks.append(c.shape)
+                yield c
+        return real(path, counted(), *args, **kwargs)
+
+    monkeypatch.setattr(common, "write_mp4", spy)
+    tiling = TilingConfig(SpatialTilingConfig(64, 32), TemporalTilingConfig(16, 8))
+    out = tmp_path / "tiled.mp4"
+    result = ltx_mlx.load(models["distilled"]).generate(prompt=PROMPT, height=128, width=128, num_frames=33,
+                                                       tiling=tiling, output_path=out, progress=False)
+    frames, _, _ = read_mp4(out)
+    assert len(chunks) > 1 and sum(c[0] for c in chunks) == 33 and frames.shape == (33, 128, 128, 3)
+    assert result.frames.shape == frames.shape
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def no_heavy_work(monkeypatch):
+    def refuse(self, name, loras=()):
+        raise AssertionError(f"{name} was built before the input was checked")
+
+    monkeypatch.setattr(LTXModelBundle, "load_component", refuse)
+
+
+BAD = [  # (model, args, words the one-line error must contain)
+    ("distilled", ["--num-frames", "120"], ["120", "8k+1", "113", "121"]),
+    ("distilled", ["--num-frames", "0"], ["num_frames", "8k+1"]),
+    ("dev", ["--pipeline", "one-stage", "--height", "100"], ["height 100", "multiple of 32"]),
+    ("distilled", ["--width", "96"], ["width 96", "multiple of 64"]),
+    ("dev", ["--pipeline", "two-stage", "--height", "160"], ["height 160", "multiple of 64"]),
+    ("distilled", ["--image", "MISSING", "0", "1"], ["does not exist"]),
+    ("distilled", ["--image", "NOT_IMAGE", "0", "1"], ["Could not read an image"]),
+    ("distilled", ["--image", "IMAGE", "9", "1"], ["frame 9", "0..8"]),
+    ("distilled", ["--image", "IMAGE", "-1", "1"], ["frame -1"]),
+    ("distilled", ["--image", "IMAGE", "0", "1.5"], ["1.5", "[0, 1]"]),
+    ("distilled", ["--image", "IMAGE", "0", "-0.1"], ["-0.1", "[0, 1]"]),
+    ("distilled", ["--pipeline", "two-stage"], ["dev checkpoint", "distilled checkpoint"]),
+    ("distilled", ["--pipeline", "one-stage"], ["dev checkpoint"]),
+    ("dev-no-lora", ["--pipeline", "distilled"], ["distilled checkpoint", "--distilled-lora"]),
+    ("dev-no-lora", ["--pipeline", "two-stage"], ["distilled LoRA", "--distilled-lora"]),
+    ("dev-no-lora", ["--pipeline", "hq"], ["distilled LoRA"]),
+    ("distilled", ["--output-path", "NO_DIR/out.mp4"], ["does not exist"]),
+    ("distilled", ["--output-path", "TMP"], ["is a folder"]),
+    ("dev", ["--pipeline", "keyframes"], ["at least one --image"]),
+    ("distilled", ["--lora", "MISSING"], ["does not exist"]),
+    ("dev", ["--pipeline", "one-stage", "--video-stg-blocks", "7"], ["STG blocks [7]", "0..2"]),
+    ("distilled", ["--frame-rate", "0"], ["frame_rate"]),
+    ("dev", ["--pipeline", "two-stage", "--checkpoint-kind", "distilled"], ["dev checkpoint"]),
+    ("distilled", ["--checkpoint-kind", "dev"], ["--distilled-lora"]),
+]
+
+
+@pytest.mark.parametrize("model,args,words", BAD, ids=[" ".join(a) for _, a, _ in BAD])
+def test_bad_input_is_one_clear_line_before_any_work(models, no_heavy_work, model, args, words, capsys):
+    tmp = models["tmp"]
+    (tmp / "not-an-image.png").write_text("hello")
+    subst = {"IMAGE": str(models["image"]), "MISSING": str(tmp / "missing.png"), "NOT_IMAGE": str(tmp / "not-an-image.png"),
+             "NO_DIR/out.mp4": str(tmp / "no-such-dir" / "out.mp4"), "TMP": str(tmp)}
+    base = ["--model", str(models[model]), "--prompt", PROMPT, "--output-path", str(tmp / "bad.mp4"), *SMALL]
+    rc = generate(base + [subst.get(a, a) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and err.startswith("generate.py: error: "), err
+    for w in words:
+        assert w in err, (w, err)
+    assert "Traceback" not in err and not (tmp / "bad.mp4").exists()
+
+
+def test_malformed_flags_are_usage_errors(models, capsys):
+    for args in (["--image", "x.png", "zero", "1"], ["--lora", "a.safetensors", "strong"], ["--image", "x.png", "0"]):
+        with pytest.raises(SystemExit) as e:
+            generate(["--prompt", PROMPT, *args])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("generate.py: error: ")
+
+
+def test_each_model_is_freed_when_its_stage_is_done(models, monkeypatch):
+    import ltx_mlx.pipelines.common as common
+
+    seen = {}
+    real_denoise, real_decode = common.Generation.denoise, common.Generation.decode_video
+
+    def denoise(self, name, *args, **kwargs):
+        seen[name] = sorted(k[0] for k in self.bundle._loaded)
+        return real_denoise(self, name, *args, **kwargs)
+
+    def decode_video(self, *args, **kwargs):
+        seen["video decode"] = sorted(k[0] for k in self.bundle._loaded)
+        return real_decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(common.Generation, "denoise", denoise)
+    monkeypatch.setattr(common.Generation, "decode_video", decode_video)
+    pipe = ltx_mlx.load(models["dev"])
+    pipe.generate(prompt=PROMPT, pipeline="two-stage", height=64, width=64, num_frames=9, num_inference_steps=1,
+                  video_guidance={"stg_blocks": [0]}, audio_guidance={"stg_blocks": [0]}, progress=False)
+    # Gemma, the text projection, the video encoder, the upsampler, the audio decoder and vocoder are gone when
+    # the transformer runs; only one transformer (stage 1's, then stage 2's with the LoRA) is ever held.
+    assert seen == {"stage 1": ["transformer"], "stage 2": ["transformer"], "video decode": []}
+    assert pipe._loaded == {}
