@@ -154,7 +154,7 @@ def test_parity_batch_with_per_sample_perturbations(models):
 
 def test_parity_with_heads_split_over_cpu_streams(models, monkeypatch):
     """Large attentions run as two head halves on two CPU streams; force that path at tiny size."""
-    monkeypatch.setattr(transformer, "_PARALLEL_MIN_SCORES", 0)
+    monkeypatch.setattr(transformer, "_PARALLEL_MIN_ELEMENTS", 0)
     version, cfg, ref, ours = models
     video, audio, g = make_inputs(cfg, batch=2, seed=5)
     video, audio = conditioned(video, audio, g, hw=6)

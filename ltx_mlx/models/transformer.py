@@ -244,7 +244,7 @@ class Attention(nn.Module):
         H, D = self.heads, self.dim_head
         q, k, v = (t.reshape(B, -1, H, D).transpose(0, 2, 1, 3) for t in (q, k, v))
         scale = 1 / math.sqrt(D)
-        streams = _cpu_streams() if H % 2 == 0 and H * T * k.shape[2] >= _PARALLEL_MIN_SCORES else None
+        streams = _cpu_streams() if H % 2 == 0 and H * T * k.shape[2] >= _PARALLEL_MIN_ELEMENTS else None
         if streams is None:
             out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         else:  # two halves of the heads on two CPU threads: the softmax is single-threaded per op on CPU
@@ -255,7 +255,7 @@ class Attention(nn.Module):
         return out.transpose(0, 2, 1, 3)
 
 
-_PARALLEL_MIN_SCORES = 1 << 22
+_PARALLEL_MIN_ELEMENTS = 1 << 22
 _STREAMS = []
 
 
@@ -283,7 +283,17 @@ class FeedForward(nn.Module):
         self.net = [GELUProj(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)]
 
     def __call__(self, x):
-        return self.net[2](self.net[0](x))
+        T = x.shape[1]
+        streams = _cpu_streams() if T > 1 and x.size * 4 >= _PARALLEL_MIN_ELEMENTS else None
+        if streams is None:
+            return self.net[2](self.net[0](x))
+        # the tanh is single-threaded per op on CPU: two token halves on two threads
+        h = self.net[0].proj(x)
+        parts = []
+        for rows, stream in zip((slice(0, T // 2), slice(T // 2, T)), streams):
+            with mx.stream(stream):
+                parts.append(self.net[2](gelu_tanh(h[:, rows])))
+        return mx.concatenate(parts, axis=1)
 
 
 def timestep_sinusoid(t: mx.array, dim: int = 256, max_period: float = 10000.0) -> mx.array:
