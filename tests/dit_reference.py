@@ -11,7 +11,7 @@ from ltx_core.guidance.perturbations import (BatchedPerturbationConfig, Perturba
                                              PerturbationConfig, PerturbationType)
 from ltx_core.model.transformer import LTXModelConfigurator, Modality as RefModality
 
-from ltx_mlx.models.transformer import Modality, Skip
+from ltx_mlx.models.transformer import Modality
 from reference import prefixed_state_dict, randomize_, save_official_checkpoint
 
 ASSERTED = {
@@ -87,17 +87,9 @@ def fake_side_tensors() -> dict:
     }
 
 
-_SKIP_TO_REF = {
-    Skip.VIDEO_SELF_ATTN: PerturbationType.SKIP_VIDEO_SELF_ATTN,
-    Skip.AUDIO_SELF_ATTN: PerturbationType.SKIP_AUDIO_SELF_ATTN,
-    Skip.A2V_CROSS_ATTN: PerturbationType.SKIP_A2V_CROSS_ATTN,
-    Skip.V2A_CROSS_ATTN: PerturbationType.SKIP_V2A_CROSS_ATTN,
-}
-
-
 def ref_perturbations(per_sample) -> BatchedPerturbationConfig:
     return BatchedPerturbationConfig([
-        PerturbationConfig([RefPerturbation(_SKIP_TO_REF[p.skip], None if p.blocks is None else list(p.blocks))
+        PerturbationConfig([RefPerturbation(PerturbationType[p.type.name], None if p.blocks is None else list(p.blocks))
                             for p in sample]) for sample in per_sample])
 
 

@@ -19,7 +19,9 @@ from ltx_core.types import AudioLatentShape, VideoLatentShape
 from dit_reference import (build_reference, fake_side_tensors, pinned_timestep_embedding, ref_perturbations,
                            save_reference, tiny_config, to_ours)
 from ltx_mlx.models import transformer
-from ltx_mlx.models.transformer import Perturbation, Perturbations, Skip, X0Model, load_transformer
+from ltx_mlx.models.transformer import X0Model, load_transformer
+from ltx_mlx.perturbations import Perturbation, Perturbations
+from ltx_mlx.perturbations import PerturbationType as P
 from reference import assert_parity
 
 ERRORS = {}  # case -> worst relative error, printed at the end of each test
@@ -130,8 +132,8 @@ def test_parity_conditioning_masks(models):
 def test_parity_perturbations(models):
     version, cfg, ref, ours = models
     video, audio, _ = make_inputs(cfg, seed=2)
-    stg = [Perturbation(Skip.VIDEO_SELF_ATTN, (1,)), Perturbation(Skip.AUDIO_SELF_ATTN, (1,))]
-    isolate = [Perturbation(Skip.A2V_CROSS_ATTN), Perturbation(Skip.V2A_CROSS_ATTN)]
+    stg = [Perturbation(P.SKIP_VIDEO_SELF_ATTN, (1,)), Perturbation(P.SKIP_AUDIO_SELF_ATTN, (1,))]
+    isolate = [Perturbation(P.SKIP_A2V_CROSS_ATTN), Perturbation(P.SKIP_V2A_CROSS_ATTN)]
     out_stg, ref_stg = run_both(ref, ours, video, audio, [stg])
     compare(f"{version} stg", out_stg, ref_stg)
     plain = ref(video, audio, BatchedPerturbationConfig.empty(1))[0]
@@ -144,8 +146,8 @@ def test_parity_batch_with_per_sample_perturbations(models):
     version, cfg, ref, ours = models
     video, audio, g = make_inputs(cfg, batch=2, seed=3, fps=25.0)
     video, audio = conditioned(video, audio, g, hw=6)
-    per_sample = [[], [Perturbation(Skip.VIDEO_SELF_ATTN, (0, 1)), Perturbation(Skip.A2V_CROSS_ATTN, (1,)),
-                       Perturbation(Skip.V2A_CROSS_ATTN, (0,))]]
+    per_sample = [[], [Perturbation(P.SKIP_VIDEO_SELF_ATTN, (0, 1)), Perturbation(P.SKIP_A2V_CROSS_ATTN, (1,)),
+                       Perturbation(P.SKIP_V2A_CROSS_ATTN, (0,))]]
     compare(f"{version} batch2", *run_both(ref, ours, video, audio, per_sample, x0=True))
     # all samples perturbed: the attention is skipped, not blended
     both = [per_sample[1], per_sample[1]]
@@ -158,7 +160,7 @@ def test_parity_with_heads_split_over_cpu_streams(models, monkeypatch):
     version, cfg, ref, ours = models
     video, audio, g = make_inputs(cfg, batch=2, seed=5)
     video, audio = conditioned(video, audio, g, hw=6)
-    per_sample = [[Perturbation(Skip.AUDIO_SELF_ATTN, (1,))], []]
+    per_sample = [[Perturbation(P.SKIP_AUDIO_SELF_ATTN, (1,))], []]
     compare(f"{version} cpu streams", *run_both(ref, ours, video, audio, per_sample))
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from .perturbations import Perturbation, PerturbationType
+from ..perturbations import Perturbation, PerturbationType
 from .stats import block_sum, centred_std
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, fields
-from enum import Enum
-from typing import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
 from ..checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
+from ..perturbations import Perturbations, PerturbationType
 from .rope import ROPE_TYPES, RopeTable, apply_rope, rope_table
 
 PREFIX = "model.diffusion_model."
@@ -135,43 +134,6 @@ class Modality:
     enabled: bool = True
     context_mask: mx.array | None = None
     attention_mask: mx.array | None = None
-
-
-class Skip(Enum):
-    """Attentions that a perturbation (STG, modality isolation) can switch off."""
-
-    VIDEO_SELF_ATTN = "skip_video_self_attn"
-    AUDIO_SELF_ATTN = "skip_audio_self_attn"
-    A2V_CROSS_ATTN = "skip_a2v_cross_attn"
-    V2A_CROSS_ATTN = "skip_v2a_cross_attn"
-
-
-@dataclass(frozen=True)
-class Perturbation:
-    """Skip one attention kind in the given blocks (None: every block)."""
-
-    skip: Skip
-    blocks: tuple[int, ...] | None = None
-
-    def applies(self, skip: Skip, block: int) -> bool:
-        return self.skip == skip and (self.blocks is None or block in self.blocks)
-
-
-class Perturbations:
-    """Per-sample perturbation lists for a batch: `Perturbations([[...], [...]])`."""
-
-    def __init__(self, per_sample: Sequence[Sequence[Perturbation]]):
-        self.per_sample = [tuple(p) for p in per_sample]
-
-    def skipped(self, skip: Skip, block: int) -> list[bool]:
-        return [any(p.applies(skip, block) for p in ps) for ps in self.per_sample]
-
-    def keep_mask(self, skip: Skip, block: int, dtype) -> tuple[bool, mx.array | None]:
-        """(every sample skips, `(B, 1, 1)` 0/1 keep mask when only some do)."""
-        flags = self.skipped(skip, block)
-        if not any(flags) or all(flags):
-            return all(flags), None
-        return False, mx.array([0.0 if f else 1.0 for f in flags], dtype=dtype)[:, None, None]
 
 
 # ---------------------------------------------------------------------------------------------- modules
@@ -394,7 +356,7 @@ class TransformerBlock(nn.Module):
             self.prompt_scale_shift_table = mx.zeros((2, V))
             self.audio_prompt_scale_shift_table = mx.zeros((2, A))
 
-    def _self_and_text(self, s: StreamArgs, attn1, attn2, table, prompt_table, skip: Skip, perturbations):
+    def _self_and_text(self, s: StreamArgs, attn1, attn2, table, prompt_table, skip: PerturbationType, perturbations):
         x = s.x
         shift, scale, gate = _ada(table, s.timesteps, slice(0, 3))
         every, keep = perturbations.keep_mask(skip, self.idx, x.dtype)
@@ -429,30 +391,30 @@ class TransformerBlock(nn.Module):
 
         if run_v:
             vx = self._self_and_text(video, self.attn1, self.attn2, self.scale_shift_table,
-                                     getattr(self, "prompt_scale_shift_table", None), Skip.VIDEO_SELF_ATTN,
+                                     getattr(self, "prompt_scale_shift_table", None), PerturbationType.SKIP_VIDEO_SELF_ATTN,
                                      perturbations)
         if run_a:
             ax = self._self_and_text(audio, self.audio_attn1, self.audio_attn2, self.audio_scale_shift_table,
-                                     getattr(self, "audio_prompt_scale_shift_table", None), Skip.AUDIO_SELF_ATTN,
+                                     getattr(self, "audio_prompt_scale_shift_table", None), PerturbationType.SKIP_AUDIO_SELF_ATTN,
                                      perturbations)
 
         if run_a2v or run_v2a:
             # both directions read the states after text cross-attention; A→V runs first
             vn, an = rms(vx, self.eps), rms(ax, self.eps)
-            skip_all, _ = perturbations.keep_mask(Skip.A2V_CROSS_ATTN, self.idx, vx.dtype)
+            skip_all, _ = perturbations.keep_mask(PerturbationType.SKIP_A2V_CROSS_ATTN, self.idx, vx.dtype)
             if run_a2v and not skip_all:
                 v_scale, v_shift, v_gate = self._av_values(self.scale_shift_table_a2v_ca_video, video, slice(0, 2))
                 a_scale, a_shift, _ = self._av_values(self.scale_shift_table_a2v_ca_audio, audio, slice(0, 2))
                 h = self.audio_to_video_attn(modulate(vn, v_scale, v_shift), modulate(an, a_scale, a_shift),
                                              pe=video.cross_pe, k_pe=audio.cross_pe)
-                vx = self._gated(vx, h, v_gate, Skip.A2V_CROSS_ATTN, perturbations)
-            skip_all, _ = perturbations.keep_mask(Skip.V2A_CROSS_ATTN, self.idx, ax.dtype)
+                vx = self._gated(vx, h, v_gate, PerturbationType.SKIP_A2V_CROSS_ATTN, perturbations)
+            skip_all, _ = perturbations.keep_mask(PerturbationType.SKIP_V2A_CROSS_ATTN, self.idx, ax.dtype)
             if run_v2a and not skip_all:
                 a_scale, a_shift, a_gate = self._av_values(self.scale_shift_table_a2v_ca_audio, audio, slice(2, 4))
                 v_scale, v_shift, _ = self._av_values(self.scale_shift_table_a2v_ca_video, video, slice(2, 4))
                 h = self.video_to_audio_attn(modulate(an, a_scale, a_shift), modulate(vn, v_scale, v_shift),
                                              pe=audio.cross_pe, k_pe=video.cross_pe)
-                ax = self._gated(ax, h, a_gate, Skip.V2A_CROSS_ATTN, perturbations)
+                ax = self._gated(ax, h, a_gate, PerturbationType.SKIP_V2A_CROSS_ATTN, perturbations)
 
         if run_v:
             vx = self._feed_forward(vx, video, self.ff, self.scale_shift_table)
@@ -460,7 +422,7 @@ class TransformerBlock(nn.Module):
             ax = self._feed_forward(ax, audio, self.audio_ff, self.audio_scale_shift_table)
         return vx, ax
 
-    def _gated(self, x, h, gate, skip: Skip, perturbations: Perturbations):
+    def _gated(self, x, h, gate, skip: PerturbationType, perturbations: Perturbations):
         _, keep = perturbations.keep_mask(skip, self.idx, h.dtype)
         return gated_residual(x, h, gate) if keep is None else x + h * gate * keep
 
@@ -475,7 +437,6 @@ def _per_token_embedding(adaln: AdaLayerNormSingle, t: mx.array, dtype) -> tuple
     to 1 when every sample has a single timestep (no conditioning tokens).
     """
     values = np.array(t.astype(mx.float32))
-    B = values.shape[0]
     if (values == values[:, :1]).all():
         rows, embedded = adaln(mx.array(values[:, 0]), dtype)
         return rows[:, None], embedded[:, None]

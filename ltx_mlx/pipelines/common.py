@@ -21,7 +21,8 @@ from ..diffusion import (GaussianNoiser, NoiseStream, euler_denoising_loop, guid
 from ..latents import audio_latent_length
 from ..media import write_mp4
 from ..models.audio_vae import LATENT_DOWNSAMPLE_FACTOR, AudioVAEConfig
-from ..models.transformer import Modality, Perturbation, Perturbations, Skip, X0Model
+from ..models.transformer import Modality, X0Model
+from ..perturbations import Perturbations
 from ..models.upsampler import upsample_video
 from ..models.video_vae import VideoVAEConfig, decode_video, scale_factors
 from ..text_encoder import TextContext
@@ -56,7 +57,7 @@ class GenerationResult:
 
 def _dit_perturbations(guidance_pass) -> Perturbations:
     # The guiders' perturbation kinds and the transformer's share their names.
-    return Perturbations([[Perturbation(Skip(p.type.value), p.blocks) for p in guidance_pass.perturbations]])
+    return Perturbations([list(guidance_pass.perturbations)])
 
 
 def _modality(state, context: mx.array, sigma: float, enabled: bool) -> Modality:
