@@ -247,3 +247,85 @@ def test_each_model_is_freed_when_its_stage_is_done(models, monkeypatch):
     # the transformer runs; only one transformer (stage 1's, then stage 2's with the LoRA) is ever held.
     assert seen == {"stage 1": ["transformer"], "stage 2": ["transformer"], "video decode": []}
     assert pipe._loaded == {}
+
+
+# -------------------------------------------------------------------------- how each pipeline is put together
+
+def _spy(monkeypatch):
+    """Record what each stage runs: the LoRAs fused into the transformer, the sigmas, the re-noise scale, whether
+    the previous stage's latents are carried over, the stage size, the conditioning kinds and scheduler calls."""
+    from ltx_mlx.diffusion import LTX2Scheduler
+    from ltx_mlx.pipelines.common import Generation
+
+    log = {"loads": [], "stages": [], "schedules": []}
+    load, denoise, execute = Generation.load_transformer, Generation.denoise, LTX2Scheduler.execute
+
+    def spy_load(self, loras=None, name="load transformer"):
+        names = None if loras is None else [("distilled" if "distilled_lora" in lr.path else "user", lr.strength)
+                                            for lr in loras]
+        log["loads"].append(names)
+        return load(self, loras, name)
+
+    def spy_denoise(self, name, stage, loop, sigmas, video_tools, audio_tools, conditionings=(), noise_scale=1.0,
+                    initial_video=None, initial_audio=None):
+        log["stages"].append({"sigmas": [round(float(s), 6) for s in np.array(sigmas)], "noise_scale": noise_scale,
+                              "carried": (initial_video is not None, initial_audio is not None),
+                              "size": (video_tools.height, video_tools.width),
+                              "conditionings": sorted(type(c).__name__ for c in conditionings)})
+        return denoise(self, name, stage, loop, sigmas, video_tools, audio_tools, conditionings, noise_scale,
+                       initial_video, initial_audio)
+
+    def spy_execute(self, steps, latent=None, **kw):
+        log["schedules"].append((steps, None if latent is None else tuple(getattr(latent, "shape", latent))))
+        return execute(self, steps, latent=latent, **kw)
+
+    monkeypatch.setattr(Generation, "load_transformer", spy_load)
+    monkeypatch.setattr(Generation, "denoise", spy_denoise)
+    monkeypatch.setattr(LTX2Scheduler, "execute", spy_execute)
+    return log
+
+
+DISTILLED = [1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875, 0.0]
+STAGE_2 = [0.909375, 0.725, 0.421875, 0.0]
+COMPOSITION = {  # pipeline -> (model, LoRAs per transformer load, scheduler calls, stage-1 sigmas or None)
+    "distilled": ("distilled", [None], [], DISTILLED),
+    "distilled-on-dev": ("dev", [[("distilled", 0.8)]], [], DISTILLED),
+    "two-stage": ("dev", [None, [("distilled", 0.8)]], [(2, None)], None),
+    "keyframes": ("dev", [None, [("distilled", 0.8)]], [(2, None)], None),
+    "hq": ("dev", [[("distilled", 0.25)], [("distilled", 0.5)]], [(2, (1, 8, 2, 1, 1))], None),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPOSITION))
+def test_pipeline_composition_follows_the_reference(models, case, monkeypatch, capsys):
+    model, loads, schedules, stage_1_sigmas = COMPOSITION[case]
+    pipeline = "distilled" if case == "distilled-on-dev" else case
+    log = _spy(monkeypatch)
+    images = ["--image", str(models["image"]), "0", "1.0", "--image", str(models["image"]), "8", "0.9"]
+    argv = ["--model", str(models[model]), "--pipeline", pipeline, "--prompt", PROMPT, "--frame-rate", "24",
+            "--output-path", str(models["tmp"] / f"composition-{case}.mp4"), *SMALL, *images]
+    assert generate(argv) == 0, capsys.readouterr().err
+    assert log["loads"] == loads
+    assert log["schedules"] == schedules
+    first, second = log["stages"]
+    assert first["size"] == (1, 1) and second["size"] == (2, 2)  # half size, then x2 upsampled to full size
+    if stage_1_sigmas is not None:
+        assert first["sigmas"] == stage_1_sigmas
+    assert first["noise_scale"] == 1.0 and first["carried"] == (False, False)
+    assert second["sigmas"] == STAGE_2 and second["noise_scale"] == pytest.approx(0.909375)
+    assert second["carried"] == (True, True)  # the upsampled video and the stage-1 audio are re-noised and refined
+    if case == "keyframes":  # every image, frame 0 included, appended as a keyframe
+        assert first["conditionings"] == second["conditionings"] == ["VideoConditionByKeyframeIndex"] * 2
+    else:  # frame 0 replaces the first latent frame, later frames are appended keyframes
+        assert first["conditionings"] == ["VideoConditionByKeyframeIndex", "VideoConditionByLatentIndex"]
+
+
+def test_one_stage_composition(models, monkeypatch, capsys):
+    log = _spy(monkeypatch)
+    argv = ["--model", str(models["dev"]), "--pipeline", "one-stage", "--prompt", PROMPT,
+            "--output-path", str(models["tmp"] / "composition-one-stage.mp4"), *SMALL]
+    assert generate(argv) == 0, capsys.readouterr().err
+    assert log["loads"] == [None] and log["schedules"] == [(2, None)]
+    (stage,) = log["stages"]
+    assert stage["size"] == (2, 2) and stage["noise_scale"] == 1.0 and stage["carried"] == (False, False)
+    assert len(stage["sigmas"]) == 3 and stage["sigmas"][-1] == 0.0
