@@ -19,6 +19,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..checkpoint import CheckpointError, SafetensorsFile, load_strict
+from .activations import gelu_tanh
 
 # Key layouts of Hugging Face Gemma-3 folders: multimodal (transformers < 4.52 and >= 4.52) and text-only.
 GEMMA_PREFIXES = ("language_model.model.", "model.language_model.", "model.")
@@ -183,7 +184,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def __call__(self, x):
-        return self.down_proj(nn.gelu_approx(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):

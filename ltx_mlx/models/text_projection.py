@@ -16,6 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
+from .activations import gelu_tanh
 
 FEATURE_EXTRACTOR_PREFIX = "text_embedding_projection."
 VIDEO_CONNECTOR_PREFIX = "model.diffusion_model.video_embeddings_connector."
@@ -208,7 +209,7 @@ class GELUApprox(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out)
 
     def __call__(self, x):
-        return nn.gelu_approx(self.proj(x))
+        return gelu_tanh(self.proj(x))
 
 
 class FeedForward(nn.Module):

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
 from ..perturbations import Perturbations, PerturbationType
+from .activations import gelu_tanh, maybe_compile
 from .rope import ROPE_TYPES, RopeTable, apply_rope, rope_table
 
 PREFIX = "model.diffusion_model."
@@ -143,23 +144,12 @@ def rms(x: mx.array, eps: float) -> mx.array:
     return mx.fast.rms_norm(x, None, eps)
 
 
-def _maybe_compile(fn):
-    """Fuse an elementwise chain into one pass (MLX's CPU runs each op as its own single-threaded pass).
-    LTX_MLX_COMPILE=0 turns it off; the parity tests hold either way."""
-    return mx.compile(fn, shapeless=True) if os.environ.get("LTX_MLX_COMPILE", "1") != "0" else fn
-
-
-@_maybe_compile
-def gelu_tanh(x: mx.array) -> mx.array:
-    return 0.5 * x * (1 + mx.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x))))
-
-
-@_maybe_compile
+@maybe_compile
 def modulate(x_norm: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
     return x_norm * (1 + scale) + shift
 
 
-@_maybe_compile
+@maybe_compile
 def gated_residual(x: mx.array, h: mx.array, gate: mx.array) -> mx.array:
     return x + h * gate
 
