@@ -168,6 +168,8 @@ def _fused(job: Job, ref_key: str, value: mx.array) -> mx.array:
 def converted_tensors(job: Job, dtype: mx.Dtype, placeholders: bool = False) -> Iterator[tuple[str, mx.array]]:
     """The component's tensors in our layout, one source tensor at a time: read (or a shape-only placeholder),
     fuse LoRAs, sanitize, quantize. Source keys are reference names, so LoRAs fuse before any renaming."""
+    if job.component.name == "gemma" and dtype == mx.float16:
+        dtype = mx.bfloat16  # Gemma-3's activations overflow float16 (inf/NaN prompts): it stays bfloat16
     for source in job.sources:
         for key, ref_key in source.keys:
             if placeholders:

@@ -156,6 +156,16 @@ def test_half_precision_conversion_matches_official_load(official, tmp_path, dty
         bundle.gemma()
 
 
+def test_float16_keeps_gemma_in_bfloat16(official, tmp_path):
+    version, tmp, ckpt, gemma, config = official
+    rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", tmp_path / "fp16", "--dtype",
+                      "float16")
+    assert rc == 0, err
+    bundle = ltx_mlx.load(tmp_path / "fp16")
+    assert {v.dtype for _, v in tree_flatten(bundle.gemma().parameters())} == {mx.bfloat16}
+    assert {v.dtype for _, v in tree_flatten(bundle.get("transformer").parameters())} == {mx.float16}
+
+
 # ---------------------------------------------------------------------------------------------- fp8 inputs
 
 
