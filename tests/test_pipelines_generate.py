@@ -329,3 +329,18 @@ def test_one_stage_composition(models, monkeypatch, capsys):
     (stage,) = log["stages"]
     assert stage["size"] == (2, 2) and stage["noise_scale"] == 1.0 and stage["carried"] == (False, False)
     assert len(stage["sigmas"]) == 3 and stage["sigmas"][-1] == 0.0
+
+
+def test_out_of_memory_is_one_line_and_no_file(models, monkeypatch, capsys):
+    from ltx_mlx.pipelines.common import Generation
+
+    def oom(self, *a, **k):
+        raise RuntimeError("[malloc] Unable to allocate 123456789 bytes")
+
+    monkeypatch.setattr(Generation, "denoise", oom)
+    out = models["tmp"] / "oom.mp4"
+    argv = ["--model", str(models["distilled"]), "--prompt", PROMPT, "--output-path", str(out), *SMALL]
+    assert generate(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Unable to allocate" in err[0] and "smaller --height/--width" in err[0]
+    assert not out.exists()
