@@ -32,8 +32,9 @@ from ltx_mlx.pipelines.common import Generation, euler_loop, simple
 from ltx_mlx.pipelines.settings import resolve_settings
 from pipeline_fixtures import VIDEO_LATENT_CHANNELS, convert_folder, write_pipeline_checkpoints
 from reference import assert_parity
-from test_pipelines_parity import (FPS, FRAMES, H, TOL, W, InjectedNoiser, _reference_setup, as_noise, contexts,
-                                   models, stage_noise)
+from test_pipelines_parity import FPS, FRAMES, H, TOL, W, InjectedNoiser, as_noise, contexts, stage_noise
+# The parity module's fixtures: its tiny dev model + reference transformer, and the reference's audio-shape patch.
+from test_pipelines_parity import _reference_setup, models  # noqa: F401
 
 PROMPT = "a drummer plays in a small room"
 SMALL = ["--height", "64", "--width", "64", "--num-frames", "9", "--num-inference-steps", "2",

@@ -187,7 +187,7 @@ class Generation:
     def denoise(self, name: str, stage: int, loop: Callable, sigmas, video_tools: VideoLatentTools,
                 audio_tools: AudioLatentTools, conditionings=(), noise_scale: float = 1.0,
                 initial_video: mx.array | None = None, initial_audio: mx.array | None = None,
-                freeze_audio: bool = False):
+                freeze_audio: bool = False, audio_conditionings=()):
         """Build and noise the states (video first, then audio), drive the loop one step at a time, return the
         clean channels-last video latent (B, F, H, W, C) and the audio latent (B, C, T, M).
 
@@ -198,7 +198,8 @@ class Generation:
         video = apply_conditionings(video_tools.create_initial_state(self.dtype, initial_video), conditionings,
                                     video_tools)
         video = noiser(video, noise_scale)
-        audio = audio_tools.create_initial_state(self.dtype, initial_audio)
+        audio = apply_conditionings(audio_tools.create_initial_state(self.dtype, initial_audio), audio_conditionings,
+                                    audio_tools)
         audio = noiser(audio, 0.0 if freeze_audio else noise_scale)
         if freeze_audio:
             audio = replace(audio, denoise_mask=mx.zeros_like(audio.denoise_mask))
@@ -214,9 +215,10 @@ class Generation:
         video = video_tools.clear_conditioning(video)
         return video_tools.unpatchify(video.latent), audio_tools.unpatchify(audio.latent)
 
-    def encode_audio(self, waveform: np.ndarray, rate: int, audio_tools: AudioLatentTools) -> mx.array:
-        """A waveform → the audio latent (B, C, T, M) cut to the generation's length, with the audio encoder
-        (then freed)."""
+    def encode_audio(self, waveform: np.ndarray, rate: int, audio_tools: AudioLatentTools,
+                     pad: bool = False) -> mx.array:
+        """A waveform → the audio latent (B, C, T, M) cut to the generation's length (zero-padded to it with
+        `pad`, else a shorter one is an error), with the audio encoder (then freed)."""
         with self.stage("audio encoding"), self.bar(1, "audio encoding", "clip") as bar:
             encoder = self.bundle.audio_encoder()
             latent = encode_audio(waveform, rate, encoder)
@@ -225,6 +227,8 @@ class Generation:
             del encoder
             self.free("audio_encoder")
         need = audio_tools.frames
+        if pad and latent.shape[2] < need:
+            latent = mx.pad(latent, [(0, 0), (0, 0), (0, need - latent.shape[2]), (0, 0)])
         if latent.shape[2] < need:
             raise ValueError(f"the audio gives {latent.shape[2]} latent frames but the video needs {need} "
                              f"({self.s.num_frames / self.s.frame_rate:.3f} s); give a longer audio")
