@@ -50,6 +50,25 @@ def write_source(path, frames: int, height: int, width: int, fps=24, audio: bool
     return path
 
 
+def write_three_channel_source(path, frames: int = 9, size: int = 64, fps: int = 24):
+    with av.open(str(path), "w", format="matroska") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.height = v.width = size
+        v.pix_fmt = "yuv420p"
+        a = c.add_stream("pcm_s16le", rate=16000)
+        a.codec_context.layout = "3.0"
+        pcm = np.zeros((1, round(frames / fps * 16000) * 3), np.int16)
+        sound = av.AudioFrame.from_ndarray(pcm, format="s16", layout="3.0")
+        sound.sample_rate, sound.pts = 16000, 0
+        for packet in [*a.encode(sound), *a.encode(None)]:
+            c.mux(packet)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 20 * i, np.uint8), format="rgb24")
+            c.mux(v.encode(frame))
+        c.mux(v.encode(None))
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- parity
 
 
@@ -123,6 +142,7 @@ def retake_models(tmp_path_factory):
             "source": write_source(tmp / "source.mp4", 9, 64, 96, 25),
             "silent": write_source(tmp / "silent.mp4", 9, 64, 64, 24, audio=False),
             "ten": write_source(tmp / "ten.mp4", 10, 64, 64), "odd": write_source(tmp / "odd.mp4", 9, 48, 64),
+            "three": write_three_channel_source(tmp / "three.mkv"),
             "tmp": tmp}
 
 
@@ -175,6 +195,8 @@ BAD = [  # (args, words the one-line error must contain)
     (["--pipeline", "retake", "--video-path", "SOURCE", *RANGE, "--height", "128"], ["--height"]),
     (["--pipeline", "retake", "--video-path", "SOURCE", *RANGE, "--num-frames", "17"], ["--num-frames"]),
     (["--pipeline", "two-stage", "--video-path", "SOURCE", *RANGE], ["--pipeline retake"]),
+    (["--pipeline", "retake", "--video-path", "THREE", *RANGE], ["3 channels", "stereo"]),
+    (["--pipeline", "retake", "--video-path", "SOURCE", *RANGE, "--image", "IMAGE", "0", "1"], ["--image"]),
 ]
 
 
@@ -184,7 +206,8 @@ def test_bad_retake_input_is_one_clear_line_before_any_work(retake_models, no_he
     (tmp / "not-media.mp4").write_text("hello")
     subst = {"MISSING": str(tmp / "missing.mp4"), "NOT_MEDIA": str(tmp / "not-media.mp4"),
              "SOURCE": str(retake_models["source"]), "TEN": str(retake_models["ten"]),
-             "ODD": str(retake_models["odd"])}
+             "ODD": str(retake_models["odd"]), "THREE": str(retake_models["three"]),
+             "IMAGE": str(retake_models["source"])}
     base = ["--model", str(retake_models["dev"]), "--prompt", PROMPT, "--output-path", str(tmp / "bad.mp4"), *SMALL]
     rc = generate(base + [subst.get(a, a) for a in args])
     err = capsys.readouterr().err.strip()

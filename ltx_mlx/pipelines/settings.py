@@ -166,6 +166,10 @@ def read_video_metadata(path) -> tuple[float, int, int, int]:
             stream = container.streams.video[0]
             frames = stream.frames or sum(1 for _ in container.decode(stream))
             rate = stream.average_rate
+            channels = [a.codec_context.channels for a in container.streams.audio[:1]]
+            if channels and channels[0] > 2:
+                raise ValueError(f"the sound of {os.fspath(path)!r} has {channels[0]} channels; the audio VAE takes "
+                                 "mono or stereo, so mix it down to stereo first")
             return float(rate) if rate else 0.0, frames, stream.codec_context.height, stream.codec_context.width
     except av.FFmpegError as e:
         raise ValueError(f"could not read the video {os.fspath(path)!r} ({e}); give a readable video file") from None
