@@ -3,6 +3,10 @@
     python generate.py --prompt "a red fox trots through fresh snow at dawn" --output-path fox.mp4
     python generate.py --model ltx-2.3-dev-mlx --pipeline two-stage --prompt "..." --image first.png 0 1.0 \\
         --num-frames 121 --height 1024 --width 1536 --output-path out.mp4 --verbose
+    python generate.py --model ltx-2.3-dev-mlx --pipeline a2v --audio-path song.wav --audio-start-time 12 \
+        --prompt "..." --output-path clip.mp4      # a video to the song's 5 s from 12 s, the song as its sound
+    python generate.py --model ltx-2.3-dev-mlx --pipeline retake --video-path clip.mp4 --start-time 1 \
+        --end-time 3 --prompt "..." --output-path retake.mp4   # seconds 1 to 3 regenerated, the rest kept
 
 The default model is the official LTX-2.3 distilled release, downloaded and converted once into the cache.
 Every input is checked before any model is loaded or run; a bad one is a one-line error.
@@ -68,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guided stage-1 steps (default 30 for LTX-2.3, 40 for LTX-2, 15 for hq; distilled: fixed 8+3)")
     p.add_argument("--image", dest="images", nargs="+", action=ImageArg, default=[],
                    metavar=("PATH FRAME_IDX STRENGTH", "CRF"), help="conditioning image (repeatable)")
+    a = p.add_argument_group("audio-to-video (--pipeline a2v)")
+    a.add_argument("--audio-path", help="audio (or video) file whose sound the video is generated to; it is kept "
+                   "as the mp4's soundtrack")
+    a.add_argument("--audio-start-time", type=float, default=0.0, help="seconds into the file to start (default 0)")
+    a.add_argument("--audio-max-duration", type=float, default=None,
+                   help="seconds of audio to use (default: the video's duration, num_frames / frame_rate)")
+    r = p.add_argument_group("retake (--pipeline retake): the video's size, frames and frame rate are kept")
+    r.add_argument("--video-path", help="video whose time range is regenerated (picture and sound)")
+    r.add_argument("--start-time", type=float, default=None, help="start of the range to regenerate, seconds")
+    r.add_argument("--end-time", type=float, default=None, help="end of the range to regenerate, seconds")
     p.add_argument("--lora", nargs="+", action=PathAndStrength, default=[], metavar=("PATH", "STRENGTH"),
                    help="LoRA fused into the transformer at load (repeatable)")
     g = p.add_argument_group("guidance (guided pipelines; defaults by model version)")
@@ -119,7 +133,10 @@ def run(args) -> int:
 
     # Cheap checks first: sizes, frames, images, output path — before downloading or loading anything.
     check_request(args.pipeline, height=args.height, width=args.width, num_frames=args.num_frames,
-                  frame_rate=args.frame_rate, images=args.images, output_path=args.output_path, prompt=args.prompt)
+                  frame_rate=args.frame_rate, images=args.images, output_path=args.output_path, prompt=args.prompt,
+                  audio_path=args.audio_path, audio_start_time=args.audio_start_time,
+                  audio_max_duration=args.audio_max_duration, video_path=args.video_path,
+                  start_time=args.start_time, end_time=args.end_time)
     pipe = _load(args)
     result = pipe.generate(
         args.prompt, pipeline=args.pipeline, negative_prompt=args.negative_prompt, seed=args.seed,
@@ -128,7 +145,9 @@ def run(args) -> int:
         video_guidance=_guidance(args, "video", "a2v"), audio_guidance=_guidance(args, "audio", "v2a"),
         audio=not args.no_audio,
         distilled_lora_strengths=(args.distilled_lora_strength_stage_1, args.distilled_lora_strength_stage_2),
-        output_path=args.output_path, keep_frames=False,
+        output_path=args.output_path, keep_frames=False, audio_path=args.audio_path,
+        audio_start_time=args.audio_start_time, audio_max_duration=args.audio_max_duration,
+        video_path=args.video_path, start_time=args.start_time, end_time=args.end_time,
         distilled={"auto": None, "distilled": True, "dev": False}[args.checkpoint_kind], progress=not args.quiet, verbose=args.verbose)
     if args.verbose:
         total = sum(result.timings.values())

@@ -18,11 +18,12 @@ from ..diffusion import MultiModalGuiderParams
 from ..model_folder import resolve_path
 from ..models.vae_tiling import TilingConfig
 from . import distilled as distilled_pipeline
-from . import hq, keyframes, one_stage, two_stage
+from . import a2v, hq, keyframes, one_stage, retake, two_stage
 from .common import Generation, GenerationResult
 from .settings import check_model, pipeline_spec, resolve_settings
 
-RUNNERS = {"one-stage": one_stage.run, "two-stage": two_stage.run, "hq": hq.run, "keyframes": keyframes.run}
+RUNNERS = {"one-stage": one_stage.run, "two-stage": two_stage.run, "hq": hq.run, "keyframes": keyframes.run,
+           "a2v": a2v.run}
 
 
 class Pipeline(LTXModelBundle):
@@ -38,7 +39,10 @@ class Pipeline(LTXModelBundle):
                  tiling: TilingConfig | None | str = "default",
                  distilled_lora_strengths: tuple[float | None, float | None] = (None, None),
                  noise: Sequence[dict | None] | None = None, output_path=None, keep_frames: bool = True,
-                 distilled: bool | None = None, progress: bool = True, verbose: bool = False) -> GenerationResult:
+                 distilled: bool | None = None, audio_path=None, audio_start_time: float = 0.0,
+                 audio_max_duration: float | None = None, video_path=None, start_time: float | None = None,
+                 end_time: float | None = None, progress: bool = True,
+                 verbose: bool = False) -> GenerationResult:
         """Generate a video with audio.
 
         Defaults (steps, guidance, size, frames, seed) follow the model version as the reference's
@@ -48,7 +52,11 @@ class Pipeline(LTXModelBundle):
         {"video": (1, T, C), "audio": (1, T', C')} token-space noise (plus "step_noise" / "substep_noise"
         lists for res_2s stages) instead of draws from `seed`, to reproduce a run from another framework.
         `output_path`: stream the mp4 there (frames also kept unless keep_frames=False). `distilled`:
-        whether the checkpoint is distilled (default: from its file name).
+        whether the checkpoint is distilled (default: from its file name). `audio_path` (pipeline="a2v"): the
+        soundtrack to generate the video to, read from `audio_start_time` for `audio_max_duration` seconds
+        (default: the video's duration); it is returned (and muxed) as read, not re-synthesised. `video_path`,
+        `start_time`, `end_time` (pipeline="retake"): the video whose [start, end) seconds are regenerated (its
+        size, frames and rate are kept; guided with a dev checkpoint, distilled steps with a distilled one).
         """
         is_distilled = check_model(pipeline_spec(pipeline), self.components, self.config, distilled)
         settings = resolve_settings(
@@ -57,11 +65,15 @@ class Pipeline(LTXModelBundle):
             num_frames=num_frames, frame_rate=frame_rate, num_inference_steps=num_inference_steps, images=images,
             video_guider_params=video_guider_params, audio_guider_params=audio_guider_params,
             video_guidance=video_guidance, audio_guidance=audio_guidance, audio=audio, tiling=tiling,
-            distilled_lora_strengths=distilled_lora_strengths, noise=noise, output_path=output_path)
+            distilled_lora_strengths=distilled_lora_strengths, noise=noise, output_path=output_path,
+            audio_path=audio_path, audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
+            video_path=video_path, start_time=start_time, end_time=end_time)
         g = Generation(self, settings, progress=progress, verbose=verbose, keep_frames=keep_frames)
         try:
             if pipeline == "distilled":
                 return distilled_pipeline.run(g, distilled_checkpoint=is_distilled)
+            if pipeline == "retake":
+                return retake.run(g, distilled=is_distilled)
             return RUNNERS[pipeline](g)
         finally:
             self.free()

@@ -8,13 +8,14 @@ import contextlib
 import gc
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
+from ..audio import encode_audio
 from ..conditioning import AudioLatentTools, VideoLatentTools, apply_conditionings
 from ..diffusion import (GaussianNoiser, NoiseStream, euler_denoising_loop, guided_denoising_fn,
                          res2s_denoising_loop, simple_denoising_fn)
@@ -185,14 +186,23 @@ class Generation:
 
     def denoise(self, name: str, stage: int, loop: Callable, sigmas, video_tools: VideoLatentTools,
                 audio_tools: AudioLatentTools, conditionings=(), noise_scale: float = 1.0,
-                initial_video: mx.array | None = None, initial_audio: mx.array | None = None):
+                initial_video: mx.array | None = None, initial_audio: mx.array | None = None,
+                freeze_audio: bool = False, audio_conditionings=()):
         """Build and noise the states (video first, then audio), drive the loop one step at a time, return the
-        clean channels-last video latent (B, F, H, W, C) and the audio latent (B, C, T, M)."""
+        clean channels-last video latent (B, F, H, W, C) and the audio latent (B, C, T, M).
+
+        `freeze_audio`: video-only denoising (the reference's `denoise_video_only`): the audio latent is kept
+        as given (its noise is still drawn, at scale 0, so the stream stays in step) with denoise mask 0.
+        """
         noiser = self.noiser(stage)
         video = apply_conditionings(video_tools.create_initial_state(self.dtype, initial_video), conditionings,
                                     video_tools)
         video = noiser(video, noise_scale)
-        audio = noiser(audio_tools.create_initial_state(self.dtype, initial_audio), noise_scale)
+        audio = apply_conditionings(audio_tools.create_initial_state(self.dtype, initial_audio), audio_conditionings,
+                                    audio_tools)
+        audio = noiser(audio, 0.0 if freeze_audio else noise_scale)
+        if freeze_audio:
+            audio = replace(audio, denoise_mask=mx.zeros_like(audio.denoise_mask))
         steps = len(sigmas) - 1
         with self.stage(name), self.bar(steps, f"{name} ({video_tools.token_count} video tokens)") as bar:
             last = time.perf_counter()
@@ -204,6 +214,25 @@ class Generation:
                 last = now
         video = video_tools.clear_conditioning(video)
         return video_tools.unpatchify(video.latent), audio_tools.unpatchify(audio.latent)
+
+    def encode_audio(self, waveform: np.ndarray, rate: int, audio_tools: AudioLatentTools,
+                     pad: bool = False) -> mx.array:
+        """A waveform → the audio latent (B, C, T, M) cut to the generation's length (zero-padded to it with
+        `pad`, else a shorter one is an error), with the audio encoder (then freed)."""
+        with self.stage("audio encoding"), self.bar(1, "audio encoding", "clip") as bar:
+            encoder = self.bundle.audio_encoder()
+            latent = encode_audio(waveform, rate, encoder)
+            mx.eval(latent)
+            bar.update(1)
+            del encoder
+            self.free("audio_encoder")
+        need = audio_tools.frames
+        if pad and latent.shape[2] < need:
+            latent = mx.pad(latent, [(0, 0), (0, 0), (0, need - latent.shape[2]), (0, 0)])
+        if latent.shape[2] < need:
+            raise ValueError(f"the audio gives {latent.shape[2]} latent frames but the video needs {need} "
+                             f"({self.s.num_frames / self.s.frame_rate:.3f} s); give a longer audio")
+        return latent[:, :, :need]
 
     def upsample(self, latent: mx.array, statistics) -> mx.array:
         with self.stage("upsample"), self.bar(1, "upsampling x2", "latent") as bar:

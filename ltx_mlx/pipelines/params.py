@@ -100,4 +100,10 @@ PIPELINES = {
                        "dev checkpoint: res_2s sampler both stages, distilled LoRA 0.25 / 0.5"),
     "keyframes": PipelineSpec("keyframes", True, True, True,
                               "keyframe interpolation between --image frames (two-stage, guided)"),
+    "a2v": PipelineSpec("a2v", True, True, True,
+                        "audio-to-video: the video generated (two-stage, guided) to the --audio-path audio, which "
+                        "is kept as the soundtrack"),
+    "retake": PipelineSpec("retake", True, False, False,
+                           "regenerate [--start-time, --end-time) of --video-path (picture and sound) from the "
+                           "prompt; guided with a dev checkpoint, 8 steps with a distilled one"),
 }

@@ -8,10 +8,13 @@ import os
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+import av
+import numpy as np
+
 from ..checkpoint import CheckpointError
 from ..conditioning import ImageConditioningInput, check_image_conditionings
 from ..diffusion import MultiModalGuiderParams
-from ..media import DEFAULT_IMAGE_CRF, check_output_path, decode_image
+from ..media import DEFAULT_IMAGE_CRF, check_output_path, check_readable, decode_image, read_audio
 from ..models.vae_tiling import TilingConfig
 from .params import DEFAULT_NEGATIVE_PROMPT, HQ_DISTILLED_LORA_STRENGTHS, PIPELINES, PipelineSpec, detect_params
 
@@ -79,14 +82,149 @@ def check_images(images: Sequence[ImageConditioningInput], num_frames: int, spec
                          "FRAME_IDX STRENGTH")
 
 
+@dataclass(frozen=True)
+class AudioInput:
+    """The a2v soundtrack: read from `start_time` for `max_duration` seconds (None: the video's duration)."""
+
+    path: str
+    start_time: float = 0.0
+    max_duration: float | None = None
+
+
+def _seconds(name: str, value, allow_zero: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        need = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a number of seconds {need}, got {value!r}")
+    return float(value)
+
+
+def read_audio_input(audio: AudioInput, seconds: float) -> tuple[np.ndarray, int]:
+    """The soundtrack as float32 (channels, samples) and its rate, checked to be mono or stereo and to last
+    the `seconds` the video needs."""
+    try:
+        read = read_audio(audio.path, audio.start_time, audio.max_duration or seconds)
+    except av.FFmpegError as e:
+        raise ValueError(f"could not read audio from {audio.path!r} ({e}); give a readable audio or video file "
+                         "with an audio stream") from None
+    if read is None:
+        if audio.start_time > 0 and read_audio(audio.path, 0.0, seconds) is not None:
+            raise ValueError(f"{audio.path!r} has no audio after {audio.start_time} s (the start time is past its "
+                             "end); use an earlier --audio-start-time")
+        raise ValueError(f"{audio.path!r} has no audio stream; give a file with sound as --audio-path")
+    waveform, rate = read
+    if waveform.shape[0] not in (1, 2):
+        raise ValueError(f"{audio.path!r} has {waveform.shape[0]} audio channels; the audio VAE takes mono or "
+                         "stereo, so mix it down to stereo first")
+    got = waveform.shape[1] / rate
+    if got < seconds - 1e-3:
+        raise ValueError(f"{audio.path!r} has only {got:.3f} s of audio from {audio.start_time} s, but the video "
+                         f"lasts {seconds:.3f} s; use an earlier --audio-start-time, a longer audio file, or fewer "
+                         "frames / a higher frame rate")
+    return waveform, rate
+
+
+def check_audio_input(pipeline: str, audio_path, start_time, max_duration, seconds: float) -> AudioInput | None:
+    """--audio-path & co.: only for a2v, where they are required; the file read and long enough."""
+    if pipeline != "a2v":
+        if audio_path is not None:
+            raise ValueError(f"--audio-path is for the a2v pipeline, not {pipeline}; add --pipeline a2v")
+        return None
+    if audio_path is None:
+        raise ValueError("the a2v pipeline generates a video to an audio track: give it with --audio-path FILE")
+    check_readable(audio_path, "audio file")
+    start = _seconds("the audio start time", 0.0 if start_time is None else start_time, allow_zero=True)
+    duration = None if max_duration is None else _seconds("the audio max duration", max_duration, allow_zero=False)
+    if duration is not None and duration < seconds - 1e-3:
+        raise ValueError(f"the audio max duration {duration} s is shorter than the video ({seconds:.3f} s); "
+                         "raise --audio-max-duration or leave it out (default: the video's duration)")
+    audio = AudioInput(os.fspath(audio_path), start, duration)
+    read_audio_input(audio, seconds)
+    return audio
+
+
+@dataclass(frozen=True)
+class RetakeInput:
+    """The source video and the time range to regenerate, with the video's own size, frame count and rate."""
+
+    path: str
+    start_time: float
+    end_time: float
+    height: int
+    width: int
+    num_frames: int
+    frame_rate: float
+
+
+def read_video_metadata(path) -> tuple[float, int, int, int]:
+    """(frame rate, frames, height, width) of the first video stream (frames counted when not stored)."""
+    check_readable(path, "video")
+    try:
+        with av.open(os.fspath(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{os.fspath(path)!r} has no video stream; give a video file as --video-path")
+            stream = container.streams.video[0]
+            frames = stream.frames or sum(1 for _ in container.decode(stream))
+            rate = stream.average_rate
+            channels = [a.codec_context.channels for a in container.streams.audio[:1]]
+            if channels and channels[0] > 2:
+                raise ValueError(f"the sound of {os.fspath(path)!r} has {channels[0]} channels; the audio VAE takes "
+                                 "mono or stereo, so mix it down to stereo first")
+            return float(rate) if rate else 0.0, frames, stream.codec_context.height, stream.codec_context.width
+    except av.FFmpegError as e:
+        raise ValueError(f"could not read the video {os.fspath(path)!r} ({e}); give a readable video file") from None
+
+
+def check_retake_input(pipeline: str, video_path, start_time, end_time, sizes: dict, images) -> RetakeInput | None:
+    """--video-path, --start-time, --end-time: only for retake, where they are required and the size, frame count
+    and frame rate are the video's own (8k+1 frames, multiples of 32)."""
+    if pipeline != "retake":
+        if video_path is not None or start_time is not None or end_time is not None:
+            raise ValueError(f"--video-path / --start-time / --end-time are for the retake pipeline, not {pipeline}; "
+                             "add --pipeline retake")
+        return None
+    if video_path is None or start_time is None or end_time is None:
+        raise ValueError("the retake pipeline regenerates part of a video: give --video-path FILE --start-time S "
+                         "--end-time S")
+    given = [k for k, v in sizes.items() if v is not None]
+    if given or images:
+        what = ", ".join(f"--{k.replace('_', '-')}" for k in given) or "--image"
+        raise ValueError(f"retake keeps the source video's size, frames and frame rate and takes no images; leave "
+                         f"out {what}")
+    start = _seconds("the start time", start_time, allow_zero=True)
+    end = _seconds("the end time", end_time, allow_zero=False)
+    fps, frames, height, width = read_video_metadata(video_path)
+    if fps <= 0 or frames < 1:
+        raise ValueError(f"{os.fspath(video_path)!r} has no frames or no frame rate; give a decodable video")
+    if (frames - 1) % FRAMES_PER_LATENT:
+        below = (frames - 1) // FRAMES_PER_LATENT * FRAMES_PER_LATENT + 1
+        raise ValueError(f"the video {os.fspath(video_path)!r} has {frames} frames; retake needs 8k+1 (the VAE packs "
+                         f"8 frames per latent after the first): trim it to {below} frames")
+    if height % 32 or width % 32:
+        raise ValueError(f"the video {os.fspath(video_path)!r} is {width}x{height}; retake needs a width and height "
+                         "that are multiples of 32: crop or resize it")
+    duration = frames / fps
+    if end <= start or start >= duration or end > duration + 1e-6:
+        raise ValueError(f"the time range [{start}, {end}) s is not inside the video (0 to {duration:.3f} s, "
+                         f"{frames} frames at {fps:g} fps); give 0 <= --start-time < --end-time <= {duration:.3f}")
+    return RetakeInput(os.fspath(video_path), start, end, height, width, frames, fps)
+
+
 def check_request(pipeline: str, *, height: int | None = None, width: int | None = None,
                   num_frames: int | None = None, frame_rate: float | None = None, images: Sequence = (),
-                  output_path=None, prompt: str | None = None) -> tuple[ImageConditioningInput, ...]:
-    """The model-independent checks (sizes, frames, images, output path); returns the parsed images."""
+                  output_path=None, prompt: str | None = None, audio_path=None, audio_start_time=None,
+                  audio_max_duration=None, video_path=None, start_time=None,
+                  end_time=None) -> tuple[ImageConditioningInput, ...]:
+    """The model-independent checks (sizes, frames, images, output path, the a2v audio, the retake video);
+    returns the parsed images."""
     spec = pipeline_spec(pipeline)
     defaults = detect_params(None, pipeline)
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise ValueError('the prompt is empty: describe the video to generate (e.g. --prompt "a cat on a beach")')
+    sizes = dict(height=height, width=width, num_frames=num_frames, frame_rate=frame_rate)
+    retake = check_retake_input(pipeline, video_path, start_time, end_time, sizes, images)
+    if retake is not None:
+        height, width, num_frames, frame_rate = retake.height, retake.width, retake.num_frames, retake.frame_rate
     frames = defaults.num_frames if num_frames is None else num_frames
     check_num_frames(frames)
     h = (defaults.stage_2_height if spec.two_stage else defaults.stage_1_height) if height is None else height
@@ -99,6 +237,8 @@ def check_request(pipeline: str, *, height: int | None = None, width: int | None
     check_images(parsed, frames, spec)
     if output_path is not None:
         check_output_path(output_path)
+    fps = defaults.frame_rate if frame_rate is None else frame_rate
+    check_audio_input(pipeline, audio_path, audio_start_time, audio_max_duration, frames / fps)
     return parsed
 
 
@@ -121,6 +261,8 @@ class Settings:
     distilled_lora_strengths: tuple[float | None, float | None]
     noise: tuple
     output_path: str | None
+    audio_input: AudioInput | None = None
+    retake: RetakeInput | None = None
 
 
 def _guider(base: MultiModalGuiderParams, given, overrides: dict) -> MultiModalGuiderParams:
@@ -139,17 +281,26 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
                      audio_guidance: dict | None = None, audio: bool = True,
                      tiling: TilingConfig | None | str = "default",
                      distilled_lora_strengths: tuple[float | None, float | None] = (None, None),
-                     noise: Sequence | None = None, output_path=None) -> Settings:
+                     noise: Sequence | None = None, output_path=None, audio_path=None,
+                     audio_start_time: float | None = None, audio_max_duration: float | None = None,
+                     video_path=None, start_time: float | None = None, end_time: float | None = None) -> Settings:
     """Every option with the version's default filled in, checked."""
     spec = pipeline_spec(pipeline)
     parsed = check_request(pipeline, height=height, width=width, num_frames=num_frames, frame_rate=frame_rate,
-                           images=images, output_path=output_path, prompt=prompt)
+                           images=images, output_path=output_path, prompt=prompt, audio_path=audio_path,
+                           audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
+                           video_path=video_path, start_time=start_time, end_time=end_time)
+    retake = check_retake_input(pipeline, video_path, start_time, end_time, {}, ())
+    if retake is not None:
+        height, width, num_frames, frame_rate = retake.height, retake.width, retake.num_frames, retake.frame_rate
     d = detect_params(model_version, pipeline)
     steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
     vg = _guider(d.video_guider_params, video_guider_params, video_guidance or {})
     ag = _guider(d.audio_guider_params, audio_guider_params, audio_guidance or {})
+    if spec.name == "a2v":  # the audio is given, not denoised: its guider stays at the defaults, as the reference
+        ag = MultiModalGuiderParams()
     for name, g in (("video", vg), ("audio", ag)):
         bad = [b for b in (g.stg_blocks or []) if not 0 <= b < num_layers]
         if bad and g.stg_scale != 0 and spec.guided:
@@ -176,7 +327,11 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
         images=parsed, video_guider=vg, audio_guider=ag, audio=bool(audio),
         tiling=TilingConfig.default() if tiling == "default" else tiling,
         distilled_lora_strengths=tuple(distilled_lora_strengths), noise=tuple(noise or ()),
-        output_path=None if output_path is None else os.fspath(output_path))
+        output_path=None if output_path is None else os.fspath(output_path),
+        audio_input=None if audio_path is None else AudioInput(
+            os.fspath(audio_path), float(audio_start_time or 0.0),
+            None if audio_max_duration is None else float(audio_max_duration)),
+        retake=retake)
 
 
 NOISE_KEYS = ("video", "audio", "step_noise", "substep_noise")
@@ -213,7 +368,7 @@ def check_model(spec: PipelineSpec, components: Sequence[str], config: dict, dis
     if "gemma" not in components:
         raise CheckpointError("this converted model has no Gemma text encoder; convert it again with "
                               "--gemma-root (google/gemma-3-12b-it-qat-q4_0-unquantized)")
-    if spec.guided and distilled:
+    if spec.guided and distilled and spec.name != "retake":
         raise ValueError(f"the {spec.name} pipeline is guided and needs a dev checkpoint, but this model is a "
                          "distilled checkpoint; use --pipeline distilled, or a dev checkpoint")
     if not spec.guided and not distilled and not has_lora:
@@ -223,6 +378,11 @@ def check_model(spec: PipelineSpec, components: Sequence[str], config: dict, dis
     if spec.refine_lora and not has_lora:
         raise ValueError(f"the {spec.name} pipeline refines stage 2 with the distilled LoRA, which this model lacks; "
                          "convert it with --distilled-lora ltx-2.3-22b-distilled-lora-384.safetensors")
+    if spec.name in ("a2v", "retake") and "audio_encoder" not in components:
+        raise CheckpointError(f"the {spec.name} pipeline encodes the given audio with the audio VAE encoder, which "
+                              "this converted model lacks; convert it again from the full official checkpoint")
+    if spec.name == "retake":  # guided with a dev checkpoint, the distilled schedule with a distilled one
+        return distilled
     if spec.two_stage and SPATIAL_X2 not in components:
         raise ValueError(f"the {spec.name} pipeline upsamples stage 1 with the spatial x2 upsampler, which this "
                          "model lacks; convert it with --spatial-upsampler-path ltx-2.3-spatial-upscaler-x2-1.0"
