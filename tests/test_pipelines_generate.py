@@ -197,6 +197,8 @@ BAD = [  # (model, args, words the one-line error must contain)
     ("distilled", ["--frame-rate", "0"], ["frame_rate"]),
     ("dev", ["--pipeline", "two-stage", "--checkpoint-kind", "distilled"], ["dev checkpoint"]),
     ("distilled", ["--checkpoint-kind", "dev"], ["--distilled-lora"]),
+    ("dev", ["--pipeline", "two-stage", "--distilled-lora-strength-stage-1", "0.3"], ["hq pipeline only"]),
+    ("dev", ["--distilled-lora-strength-stage-2", "0.3"], ["strength stored at conversion"]),
 ]
 
 

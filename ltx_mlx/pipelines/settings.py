@@ -312,6 +312,12 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
     for s in distilled_lora_strengths:
         if s is not None and not isinstance(s, (int, float)):
             raise ValueError(f"distilled LoRA strengths must be numbers, got {s!r}")
+    if spec.name != "hq" and distilled_lora_strengths[0] is not None:
+        raise ValueError("--distilled-lora-strength-stage-1 applies to the hq pipeline only (the others run stage 1 "
+                         "without the distilled LoRA); drop it or use --pipeline hq")
+    if spec.name == "distilled" and distilled_lora_strengths[1] is not None:
+        raise ValueError("the distilled pipeline uses the distilled LoRA strength stored at conversion; "
+                         "--distilled-lora-strength-stage-2 applies to two-stage, keyframes, a2v and hq")
     if spec.name == "hq":
         distilled_lora_strengths = tuple(HQ_DISTILLED_LORA_STRENGTHS[i] if s is None else float(s)
                                          for i, s in enumerate(distilled_lora_strengths))
