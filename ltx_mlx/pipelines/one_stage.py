@@ -1,5 +1,7 @@
 """One-stage pipeline: a dev checkpoint at full size, Euler on the token-count-free LTX2Scheduler schedule,
-multi-modal guidance (CFG, STG, modality isolation, rescale) for video and audio."""
+multi-modal guidance (CFG, STG, modality isolation, rescale) for video and audio. Unlike the reference, which
+decodes this pipeline's video whole, it decodes in tiles like the others, so memory stays bounded; tile seams are
+blended, so frames differ slightly from a whole decode."""
 
 from __future__ import annotations
 
