@@ -16,7 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
-from .activations import gelu_tanh
+from .transformer import FeedForward  # the connectors' feed-forward is the DiT's
 
 FEATURE_EXTRACTOR_PREFIX = "text_embedding_projection."
 VIDEO_CONNECTOR_PREFIX = "model.diffusion_model.video_embeddings_connector."
@@ -201,26 +201,6 @@ def apply_interleaved_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.arra
     pairs = x.reshape(*x.shape[:-1], -1, 2)
     rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
     return x * cos + rotated * sin
-
-
-class GELUApprox(nn.Module):
-    def __init__(self, dim_in: int, dim_out: int):
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out)
-
-    def __call__(self, x):
-        return gelu_tanh(self.proj(x))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int = 4):
-        super().__init__()
-        self.net = [GELUApprox(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)]
-
-    def __call__(self, x):
-        for layer in self.net:
-            x = layer(x)
-        return x
 
 
 class Attention(nn.Module):
