@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..checkpoint import is_ltx_2_3  # only the pipeline defaults read the version string
 from ..diffusion import MultiModalGuiderParams
 
-# Only the pipeline defaults depend on the version string; the models themselves read their configs.
-LTX_2_3_VERSION_PREFIX = "2.3"
 
 DEFAULT_NEGATIVE_PROMPT = (
     "blurry, out of focus, overexposed, underexposed, low contrast, washed out colors, excessive noise, "
@@ -60,10 +59,6 @@ LTX_2_3_HQ_PARAMS = PipelineParams(num_inference_steps=15, stage_1_height=1088 /
 
 # HQ stage strengths of the distilled LoRA (the reference's hq parser defaults).
 HQ_DISTILLED_LORA_STRENGTHS = (0.25, 0.5)
-
-
-def is_ltx_2_3(model_version: str | None) -> bool:
-    return bool(model_version) and str(model_version).startswith(LTX_2_3_VERSION_PREFIX)
 
 
 def detect_params(model_version: str | None, pipeline: str = "distilled") -> PipelineParams:
