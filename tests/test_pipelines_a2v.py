@@ -21,7 +21,6 @@ from ltx_pipelines.utils.samplers import euler_denoising_loop
 from ltx_pipelines.utils.types import PipelineComponents
 
 import ltx_mlx
-from ltx_mlx.bundle import LTXModelBundle
 from ltx_mlx.cli.generate import main as generate
 from ltx_mlx.conditioning import VideoConditionByLatentIndex
 from ltx_mlx.diffusion import LTX2Scheduler, MultiModalGuiderParams
@@ -188,14 +187,6 @@ def test_python_api_returns_the_waveform_as_read(a2v_models):
     with pytest.warns(UserWarning, match="mono"):
         other = pipe.generate(PROMPT, **{**kw, "audio_start_time": 0.6})
     assert not np.array_equal(other.frames, result.frames)  # the audio steers the video
-
-
-@pytest.fixture
-def no_heavy_work(monkeypatch):
-    def refuse(self, name, loras=()):
-        raise AssertionError(f"{name} was built before the input was checked")
-
-    monkeypatch.setattr(LTXModelBundle, "load_component", refuse)
 
 
 BAD = [  # (model, args, words the one-line error must contain)

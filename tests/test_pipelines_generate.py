@@ -164,14 +164,6 @@ def test_tiled_decode_streams_chunks_into_the_writer(models, tmp_path, monkeypat
 # ---------------------------------------------------------------------------------------------- bad input
 
 
-@pytest.fixture
-def no_heavy_work(monkeypatch):
-    def refuse(self, name, loras=()):
-        raise AssertionError(f"{name} was built before the input was checked")
-
-    monkeypatch.setattr(LTXModelBundle, "load_component", refuse)
-
-
 BAD = [  # (model, args, words the one-line error must contain)
     ("distilled", ["--num-frames", "120"], ["120", "8k+1", "113", "121"]),
     ("distilled", ["--num-frames", "0"], ["num_frames", "8k+1"]),

@@ -170,14 +170,6 @@ def test_generate_retake_keeps_the_source_format(retake_models, model, source, c
     print(f"retake {model} {source}: {frames.shape} @ {rate}, aac {sample_rate} Hz")
 
 
-@pytest.fixture
-def no_heavy_work(monkeypatch):
-    def refuse(self, name, loras=()):
-        raise AssertionError(f"{name} was built before the input was checked")
-
-    monkeypatch.setattr(LTXModelBundle, "load_component", refuse)
-
-
 RANGE = ["--start-time", "0.1", "--end-time", "0.2"]
 BAD = [  # (args, words the one-line error must contain)
     (["--pipeline", "retake", *RANGE], ["--video-path"]),
