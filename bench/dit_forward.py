@@ -97,7 +97,7 @@ def reference_side(checkpoint: str, inputs: str, out: str, runs: int, warmup: in
     from safetensors.torch import load_file
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ltx_mlx.checkpoint import SafetensorsFile
+    from ltx_mlx.weights.checkpoint import SafetensorsFile
 
     model = LTXModelConfigurator.from_config(SafetensorsFile(checkpoint).config()).to_empty(device="cpu").eval()
     state = {k[len(PREFIX):]: v for k, v in load_file(checkpoint).items() if k.startswith(PREFIX)}

@@ -10,7 +10,7 @@ def __getattr__(name):
 
         return getattr(api, name)
     if name == "LTXModelBundle":
-        from . import bundle
+        from .weights import load as bundle
 
         return bundle.LTXModelBundle
     raise AttributeError(f"module 'ltx_mlx' has no attribute {name!r}")

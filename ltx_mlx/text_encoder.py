@@ -15,7 +15,7 @@ from typing import Callable
 
 import mlx.core as mx
 
-from .checkpoint import CheckpointError, SafetensorsFile
+from .weights.checkpoint import CheckpointError, SafetensorsFile
 from .models.gemma3 import Gemma3TextModel, load_gemma, read_gemma_config
 from .models.text_projection import ConnectorConfig, TextProjection, load_text_projection, transformer_config
 

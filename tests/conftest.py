@@ -12,7 +12,7 @@ def _cpu_float32_defaults():
 @pytest.fixture
 def no_heavy_work(monkeypatch):
     """Fail a test if any model component is built (bad input must be rejected before any heavy work)."""
-    from ltx_mlx.bundle import LTXModelBundle
+    from ltx_mlx.weights.load import LTXModelBundle
 
     def refuse(self, name, loras=()):
         raise AssertionError(f"{name} was built before the input was checked")

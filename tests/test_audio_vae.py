@@ -9,7 +9,7 @@ import torch
 from reference import assert_parity, randomize_, save_official_checkpoint, to_mx
 
 from ltx_core.model.audio_vae import AudioDecoderConfigurator, AudioEncoderConfigurator
-from ltx_mlx.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
+from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
 from ltx_mlx.models.audio_vae import (AudioDecoder, AudioEncoder, AudioVAEConfig, load_audio_decoder,
                                       load_audio_encoder, sanitize)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ltx_mlx.checkpoint import (CheckpointError, SafetensorsFile, load_strict, read_model_config, read_prefixed)
+from ltx_mlx.weights.checkpoint import (CheckpointError, SafetensorsFile, load_strict, read_model_config, read_prefixed)
 
 
 def test_dtypes_decode_like_torch(tmp_path):

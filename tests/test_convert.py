@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 import ltx_mlx
 from convert_fixtures import (UPSAMPLERS, VERSIONS, component_outputs, official_tensors, upsampler_args,
                               write_official, write_upsamplers)
-from ltx_mlx.checkpoint import CheckpointError, SafetensorsFile
+from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile
 from ltx_mlx.cli.convert import main
-from ltx_mlx.model_folder import INDEX_NAME
+from ltx_mlx.weights.folder import INDEX_NAME
 from ltx_mlx.models.audio_vae import load_audio_decoder, load_audio_encoder
 from ltx_mlx.models.gemma3 import load_gemma
 from ltx_mlx.models.text_projection import load_text_projection
@@ -304,7 +304,7 @@ def test_existing_output_force_and_disk_space(ltx23, tmp_path, monkeypatch):
 
 
 def test_interrupted_conversion_leaves_nothing(ltx23, tmp_path, monkeypatch):
-    import ltx_mlx.convert as conv
+    import ltx_mlx.weights.convert as conv
 
     _, ckpt, gemma, _ = ltx23
     calls = []

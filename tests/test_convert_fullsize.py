@@ -18,7 +18,7 @@ from ltx_core.text_encoders.gemma.config import GEMMA3_CONFIG_FOR_LTX
 from ltx_core.text_encoders.gemma.encoders.encoder_configurator import EmbeddingsProcessorConfigurator
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-from ltx_mlx.convert import ConvertOptions, plan_conversion, quantization_plans
+from ltx_mlx.weights.convert import ConvertOptions, plan_conversion, quantization_plans
 from ltx_mlx.models.text_projection import PREFIXES
 from test_transformer import FULL
 from text_fixtures import write_tokenizer

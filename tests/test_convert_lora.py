@@ -14,7 +14,7 @@ import ltx_mlx
 from convert_fixtures import component_outputs, write_lora, write_official
 from ltx_core.loader.fuse_loras import apply_loras
 from ltx_core.loader.primitives import LoraStateDictWithStrength, StateDict
-from ltx_mlx.checkpoint import CheckpointError, SafetensorsFile
+from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile
 from test_convert import assert_clean_failure, run_cli
 from test_convert_quant import DIMS
 

@@ -13,8 +13,8 @@ import mlx.core as mx
 import numpy as np
 
 from dit_reference import tiny_config
-from ltx_mlx.checkpoint import parameter_shapes
-from ltx_mlx.model_folder import read_component
+from ltx_mlx.weights.checkpoint import parameter_shapes
+from ltx_mlx.weights.folder import read_component
 from ltx_mlx.models.transformer import LTXModel, TransformerConfig
 
 CAP = 100 * 2**20  # the memory we allow the conversion above its start-up footprint
@@ -25,7 +25,7 @@ SHARD = 32 * 2**20
 SCRIPT = """
 import json, os, resource, sys, time
 import mlx.core as mx
-from ltx_mlx.convert import ConvertOptions, convert
+from ltx_mlx.weights.convert import ConvertOptions, convert
 
 def peak_rss():
     if os.path.exists("/proc/self/status"):

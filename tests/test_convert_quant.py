@@ -12,10 +12,10 @@ from mlx.utils import tree_flatten
 
 import ltx_mlx
 from convert_fixtures import component_outputs, write_official
-from ltx_mlx.checkpoint import SafetensorsFile
+from ltx_mlx.weights.checkpoint import SafetensorsFile
 from ltx_mlx.models.gemma3 import load_gemma
 from ltx_mlx.models.transformer import load_transformer
-from ltx_mlx.quantize import (QuantizationPlan, decoder_layer_linears, quantize_model, quantized_layers,
+from ltx_mlx.weights.quantize import (QuantizationPlan, decoder_layer_linears, quantize_model, quantized_layers,
                               transformer_block_linears)
 from reference import rel_err
 from test_convert import run_cli

@@ -9,9 +9,9 @@ import pytest
 from mlx.utils import tree_flatten
 
 import ltx_mlx
-import ltx_mlx.bundle as bundle_module
+import ltx_mlx.weights.load as bundle_module
 from convert_fixtures import write_official
-from ltx_mlx.checkpoint import CheckpointError
+from ltx_mlx.weights.checkpoint import CheckpointError
 from ltx_mlx.models.transformer import load_transformer
 from ltx_mlx.text_encoder import TextEncoder
 

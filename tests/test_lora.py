@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 
 from ltx_core.loader.fuse_loras import apply_loras
 from ltx_core.loader.primitives import LoraStateDictWithStrength, StateDict
-from ltx_mlx.checkpoint import CheckpointError
-from ltx_mlx.lora import fuse_loras, read_lora
+from ltx_mlx.weights.checkpoint import CheckpointError
+from ltx_mlx.weights.lora import fuse_loras, read_lora
 from reference import to_np
 
 SHAPES = {"transformer_blocks.0.attn1.to_q.weight": (32, 64), "transformer_blocks.0.ff.net.2.weight": (64, 96),

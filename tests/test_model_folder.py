@@ -6,8 +6,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from ltx_mlx.checkpoint import CheckpointError
-from ltx_mlx.model_folder import (INDEX_NAME, atomic_output_dir, ensure_free_space, read_component, resolve_path,
+from ltx_mlx.weights.checkpoint import CheckpointError
+from ltx_mlx.weights.folder import (INDEX_NAME, atomic_output_dir, ensure_free_space, read_component, resolve_path,
                                   write_component)
 
 

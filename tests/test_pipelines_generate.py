@@ -11,7 +11,7 @@ import pytest
 import ltx_mlx
 import mlx.core as mx
 from ltx_mlx.models.vae_tiling import SpatialTilingConfig, TemporalTilingConfig, TilingConfig
-from ltx_mlx.bundle import LTXModelBundle
+from ltx_mlx.weights.load import LTXModelBundle
 from ltx_mlx.cli.generate import main as generate
 from pipeline_fixtures import convert_folder, write_pipeline_checkpoints
 

@@ -23,7 +23,7 @@ from ltx_pipelines.utils.helpers import (multi_modal_guider_denoising_func, nois
 from ltx_pipelines.utils.samplers import euler_denoising_loop
 from ltx_pipelines.utils.types import PipelineComponents
 
-from ltx_mlx.bundle import LTXModelBundle
+from ltx_mlx.weights.load import LTXModelBundle
 from ltx_mlx.cli.generate import main as generate
 from ltx_mlx.conditioning import TemporalRegionMask
 from ltx_mlx.diffusion import LTX2Scheduler

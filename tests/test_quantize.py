@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from ltx_mlx.checkpoint import load_strict
-from ltx_mlx.quantize import QuantizationPlan, quantize_like_saved, quantize_model, quantized_layers
+from ltx_mlx.weights.checkpoint import load_strict
+from ltx_mlx.weights.quantize import QuantizationPlan, quantize_like_saved, quantize_model, quantized_layers
 
 
 class Attn(nn.Module):

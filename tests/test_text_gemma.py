@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from transformers import Gemma3Config as HFGemma3Config
 from transformers import Gemma3ForConditionalGeneration, Gemma3TextConfig
 
-from ltx_mlx.checkpoint import CheckpointError, parameter_shapes
+from ltx_mlx.weights.checkpoint import CheckpointError, parameter_shapes
 from ltx_mlx.models.gemma3 import (Gemma3Config, Gemma3TextModel, load_gemma, quantize_gemma, read_gemma_config,
                                    sanitize)
 from ltx_mlx.text_encoder import PromptTokenizer

@@ -13,7 +13,7 @@ from ltx_core.text_encoders.gemma.encoders.encoder_configurator import (EMBEDDIN
                                                                         EmbeddingsProcessorConfigurator)
 from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV1, FeatureExtractorV2
 
-from ltx_mlx.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
+from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
 from ltx_mlx.models.text_projection import (PREFIXES, TextProjection, TextProjectionConfig, load_text_projection,
                                             route_key, sanitize)
 from reference import assert_parity, randomize_, rel_err, save_official_checkpoint, to_mx

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from dit_reference import (ASSERTED, build_reference, fake_side_tensors, pinned_timestep_embedding,
                            ref_perturbations, save_reference, tiny_config, to_ours)
-from ltx_mlx.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
+from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
 from ltx_mlx.models.transformer import (LTXModel, Modality, Perturbations, TransformerConfig, X0Model,
                                         load_transformer, sanitize)
 from reference import prefixed_state_dict, rel_err

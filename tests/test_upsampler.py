@@ -10,7 +10,7 @@ from ltx_core.model.video_vae import VideoEncoderConfigurator
 from reference import assert_parity, randomize_, save_official_checkpoint, to_mx
 from test_video_vae import cf, cl, vae_config
 
-from ltx_mlx.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
+from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
 from ltx_mlx.models.upsampler import LatentUpsampler, UpsamplerConfig, load_upsampler, sanitize, upsample_video
 from ltx_mlx.models.video_vae import PerChannelStatistics
 

@@ -9,7 +9,7 @@ from ltx_core.model.video_vae import VideoDecoderConfigurator, VideoEncoderConfi
 from ltx_core.model.video_vae import decode_video as ref_decode_video
 from reference import assert_parity, randomize_, save_official_checkpoint, to_mx, to_np
 
-from ltx_mlx.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
+from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
 from ltx_mlx.models import video_vae
 from ltx_mlx.models.video_vae import (VideoDecoder, VideoEncoder, VideoVAEConfig, decode_video, load_video_decoder,
                                       load_video_encoder, sanitize)

@@ -11,7 +11,7 @@ from reference import assert_parity, randomize_, rel_err, save_official_checkpoi
 from test_audio_mel import slaney_mel_filterbank
 
 from ltx_core.model.audio_vae import VocoderConfigurator, VocoderWithBWE as RefVocoderWithBWE
-from ltx_mlx.checkpoint import CheckpointError, parameter_shapes
+from ltx_mlx.weights.checkpoint import CheckpointError, parameter_shapes
 from ltx_mlx.models.vocoder import (ConvTranspose1d, Vocoder, VocoderConfig, VocoderWithBWE, _sin_squared,
                                     build_vocoder, conv1d_valid, load_vocoder, sanitize)
 

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..convert import DTYPES, QUANTIZABLE, ConvertOptions, convert, quantization_plans
-from ..quantize import MODES
+from ..weights.convert import DTYPES, QUANTIZABLE, ConvertOptions, convert, quantization_plans
+from ..weights.quantize import MODES
 
 
 class PathAndStrength(argparse.Action):

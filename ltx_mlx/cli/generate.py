@@ -118,7 +118,7 @@ def _guidance(args, m: str, mod: str) -> dict:
 
 def _load(args):
     import ltx_mlx
-    from ..model_folder import resolve_path
+    from ..weights.folder import resolve_path
 
     loras = [(resolve_path(path), strength) for path, strength in args.lora]  # a missing file fails before loading
     default = args.model == DEFAULT_MODEL
@@ -158,7 +158,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..checkpoint import CheckpointError
+    from ..weights.checkpoint import CheckpointError
 
     try:
         return run(args)

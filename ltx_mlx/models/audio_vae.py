@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import mlx.core as mx
 import mlx.nn as nn
 
-from ltx_mlx.checkpoint import SafetensorsFile, load_strict, read_prefixed
+from ltx_mlx.weights.checkpoint import SafetensorsFile, load_strict, read_prefixed
 
 ENCODER_PREFIX = "audio_vae.encoder."
 DECODER_PREFIX = "audio_vae.decoder."

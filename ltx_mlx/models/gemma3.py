@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint import CheckpointError, SafetensorsFile, load_strict
+from ..weights.checkpoint import CheckpointError, SafetensorsFile, load_strict
 from .activations import gelu_tanh
 
 # Key layouts of Hugging Face Gemma-3 folders: multimodal (transformers < 4.52 and >= 4.52) and text-only.

@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
+from ..weights.checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
 from .transformer import FeedForward  # the connectors' feed-forward is the DiT's
 
 FEATURE_EXTRACTOR_PREFIX = "text_embedding_projection."

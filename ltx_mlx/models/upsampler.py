@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
+from ..weights.checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
 from .video_vae import depth_to_space
 
 PREFIX = ""  # upsampler files hold only the upsampler, unprefixed

@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
+from ..weights.checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
 from .vae_tiling import TilingConfig, tiled_decode
 
 ENCODER_PREFIX = "vae.encoder."

@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ltx_mlx.checkpoint import SafetensorsFile, load_strict, read_prefixed
+from ltx_mlx.weights.checkpoint import SafetensorsFile, load_strict, read_prefixed
 
 VOCODER_PREFIX = "vocoder."
 # The reference hard-wires conv_pre to 128 inputs: stereo × 64 mel bins.

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from typing import Iterable, Sequence
 
-from ..bundle import LTXModelBundle, LoRASpec, cached_conversion
-from ..bundle import load as load_bundle
-from ..convert import ConvertOptions
+from ..weights.load import LTXModelBundle, LoRASpec, cached_conversion
+from ..weights.load import load as load_bundle
+from ..weights.convert import ConvertOptions
 from ..diffusion import MultiModalGuiderParams
-from ..model_folder import resolve_path
+from ..weights.folder import resolve_path
 from ..models.vae_tiling import TilingConfig
 from . import distilled as distilled_pipeline
 from . import a2v, hq, keyframes, one_stage, retake, two_stage
@@ -83,7 +83,7 @@ def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gem
          spatial_upsamplers: Iterable[str] = (), temporal_upsamplers: Iterable[str] = (),
          distilled_lora: tuple[str, float] | None = None, dtype: str = "bfloat16", quantize: dict | None = None,
          progress: bool = True) -> Pipeline:
-    """`ltx_mlx.load` (see `ltx_mlx.bundle.load`) returning a Pipeline; `distilled_lora` (path, strength) is
+    """`ltx_mlx.load` (see `ltx_mlx.weights.load.load`) returning a Pipeline; `distilled_lora` (path, strength) is
     stored with an official checkpoint's conversion for the two-stage pipelines."""
     if distilled_lora is not None:
         path = resolve_path(os.fspath(path_or_repo))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..checkpoint import is_ltx_2_3  # only the pipeline defaults read the version string
+from ..weights.checkpoint import is_ltx_2_3  # only the pipeline defaults read the version string
 from ..diffusion import MultiModalGuiderParams
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import av
 import numpy as np
 
-from ..checkpoint import CheckpointError
+from ..weights.checkpoint import CheckpointError
 from ..conditioning import ImageConditioningInput, check_image_conditionings
 from ..diffusion import MultiModalGuiderParams
 from ..media import DEFAULT_IMAGE_CRF, check_output_path, check_readable, decode_image, read_audio

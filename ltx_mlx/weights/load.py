@@ -24,8 +24,8 @@ from .checkpoint import CheckpointError, load_strict
 from .components import build
 from .convert import CONFIG_NAME, FORMAT, ConvertOptions, convert, quantization_plans
 from .lora import LoRA, fuse_loras, read_lora
-from .model_folder import read_component, resolve_path
-from .models.gemma3 import read_gemma_config
+from .folder import read_component, resolve_path
+from ..models.gemma3 import read_gemma_config
 from .quantize import QuantizationPlan, quantize_like_saved
 
 LoRASpec = LoRA | str | os.PathLike | tuple
@@ -180,7 +180,7 @@ class LTXModelBundle:
         return names[0]
 
     def tokenizer(self, max_length: int | None = None):
-        from .text_encoder import MAX_LENGTH, PromptTokenizer
+        from ..text_encoder import MAX_LENGTH, PromptTokenizer
 
         folder = self.folder / self._entry("gemma")["folder"]
         return PromptTokenizer(folder, max_length or MAX_LENGTH, gemma_config=read_gemma_config(folder))
@@ -188,7 +188,7 @@ class LTXModelBundle:
     def text_encoder(self, max_length: int | None = None):
         """Tokenizer + Gemma + text projection. Gemma is not cached here, so the encoder's `free_gemma` really
         frees it; the projection is built when first used, so it need not share memory with Gemma."""
-        from .text_encoder import TextEncoder
+        from ..text_encoder import TextEncoder
 
         return TextEncoder(self.load_component("gemma"), self.tokenizer(max_length), self.text_projection)
 

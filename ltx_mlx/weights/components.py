@@ -13,10 +13,10 @@ from typing import Callable
 import mlx.nn as nn
 
 from .checkpoint import CheckpointError
-from .models import audio_vae, text_projection, transformer, upsampler, video_vae, vocoder
-from .models.gemma3 import Gemma3Config, Gemma3TextModel
-from .models.gemma3 import route_key as gemma_route
-from .models.gemma3 import sanitize as gemma_sanitize
+from ..models import audio_vae, text_projection, transformer, upsampler, video_vae, vocoder
+from ..models.gemma3 import Gemma3Config, Gemma3TextModel
+from ..models.gemma3 import route_key as gemma_route
+from ..models.gemma3 import sanitize as gemma_sanitize
 from .quantize import decoder_layer_linears, transformer_block_linears
 
 

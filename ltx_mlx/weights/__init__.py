@@ -1,0 +1,1 @@
+"""Loading: official checkpoints → converted MLX model folders → built, strictly loaded components."""

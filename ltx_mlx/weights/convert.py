@@ -1,0 +1,475 @@
+"""Official LTX-2 / LTX-2.3 files → a self-contained MLX model folder, one tensor at a time.
+
+Inputs: the single-file checkpoint (dev or distilled, bf16 or fp8), the Gemma-3 folder, optional latent
+upsamplers, an optional distilled LoRA (kept as its own component, for the pipelines to fuse per stage)
+and optional user LoRAs (fused into the transformer here). Every component is first checked against the
+model its config builds (shapes only, nothing read), then streamed: read, cast, fuse, sanitize, quantize,
+write a shard. Peak memory is about one shard, never the checkpoint.
+
+Output (`config.json` + one subfolder per component, see `model_folder`):
+    config.json   format "mlx", model_version, the official config sections, dtype, per-component
+                  quantization (with per-layer overrides), upsamplers, LoRAs
+    transformer/ text_projection/ video_encoder/ video_decoder/ audio_encoder/ audio_decoder/ vocoder/
+    gemma/        weights + Gemma's config.json + tokenizer files
+    spatial_upsampler_x2/ … temporal_upsampler_x2/ distilled_lora/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from tqdm import tqdm
+
+from .. import __version__
+from .checkpoint import CheckpointError, SafetensorsFile, load_strict
+from .components import CHECKPOINT_COMPONENTS, GEMMA, UPSAMPLER, Component, build, upsampler_config, upsampler_name
+from .lora import LoRA, fuse_loras, read_lora
+from .folder import MAX_SHARD_BYTES, atomic_output_dir, ensure_free_space, resolve_path, write_component
+from ..models.gemma3 import read_gemma_config, weight_files
+from ..models.text_projection import feature_extractor_version
+from .quantize import QuantizationPlan, quantize_model
+
+FORMAT = "mlx"
+CONFIG_NAME = "config.json"
+DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
+QUANTIZABLE = ("transformer", "gemma")
+# Gemma folder files that the tokenizer (and later tools) need, copied as they are.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "preprocessor_config.json", "processor_config.json", "chat_template.json",
+                   "chat_template.jinja", "generation_config.json")
+_SCALES = (".weight_scale", ".input_scale")
+
+
+class StreamingFile(SafetensorsFile):
+    """A `SafetensorsFile` that reads each tensor with a plain file read instead of a memory map,
+    so converting a file larger than memory never keeps its pages resident."""
+
+    def _raw(self, key: str) -> np.ndarray:
+        _, _, begin, end = self._entries[key]
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            data = f.read(end - begin)
+        if len(data) != end - begin:
+            raise CheckpointError(f"{self.path} is truncated: tensor {key!r} ends past the end of the file")
+        return np.frombuffer(data, dtype=np.uint8)
+
+
+@dataclass
+class Source:
+    """One component's tensors in one file: (file key, reference-named key) pairs."""
+
+    sf: SafetensorsFile
+    keys: list[tuple[str, str]]
+
+
+@dataclass
+class Job:
+    """One component to write: where its tensors come from, the model they must fill, how to quantize."""
+
+    component: Component
+    entry: dict  # its config.json entry (kind, folder, quantization, …)
+    sources: list[Source]
+    model: nn.Module
+    quantized: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # layer path -> (group, bits, mode)
+    loras: list[LoRA] = field(default_factory=list)
+    out_bytes: int = 0
+
+
+@dataclass
+class ConvertOptions:
+    dtype: str = "bfloat16"
+    quantize: dict[str, QuantizationPlan] = field(default_factory=dict)  # component -> plan
+    loras: list[tuple[str, float]] = field(default_factory=list)  # fused into the transformer
+    distilled_lora: tuple[str, float] | None = None
+    force: bool = False
+    progress: bool = True
+    max_shard_bytes: int = MAX_SHARD_BYTES
+
+
+def quantization_plans(bits: int = 4, group_size: int = 64, mode: str = "affine", components=QUANTIZABLE,
+                       high_bits: int | None = None, edge_blocks: int = 0,
+                       bits_per_component: dict[str, int] | None = None) -> dict[str, QuantizationPlan]:
+    """One plan per quantized component (`-q` quantizes the DiT and Gemma; VAEs, vocoders, norms, AdaLN and
+    embeddings are never quantized). Mixed precision: `high_bits` for the first/last `edge_blocks` blocks."""
+    unknown = set(components) - set(QUANTIZABLE)
+    if unknown:
+        raise ValueError(f"cannot quantize {sorted(unknown)}: only {', '.join(QUANTIZABLE)} are quantizable")
+    if high_bits is not None and edge_blocks <= 0:
+        raise ValueError("mixed precision needs the number of edge blocks (--q-edge-blocks N, N ≥ 1)")
+    plans = {}
+    for name in components:
+        b = (bits_per_component or {}).get(name, bits)
+        plans[name] = QuantizationPlan(bits=b, group_size=group_size, mode=mode, high_bits=high_bits,
+                                       edge_blocks=edge_blocks if high_bits else 0)
+        plans[name].validate()
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def official_tensor(sf: SafetensorsFile, key: str, dtype: mx.Dtype) -> mx.array:
+    """One official tensor as the reference uses it: fp8 decoded, `weight_scale` folded in, cast to `dtype`."""
+    value = sf.get(key)
+    scale_key = key[: -len("weight")] + "weight_scale" if key.endswith(".weight") else None
+    if scale_key and scale_key in sf:
+        value = value.astype(mx.float32) * sf.get(scale_key, mx.float32)
+    if mx.issubdtype(value.dtype, mx.floating):
+        value = value.astype(dtype)
+    return value
+
+
+def _routed(sf: SafetensorsFile, component: Component) -> Source:
+    keys = [(k, r) for k in sf.keys() if not k.endswith(_SCALES) and (r := component.route(k)) is not None]
+    return Source(sf, keys)
+
+
+def _placeholder(sf: SafetensorsFile, key: str, dtype: mx.Dtype) -> mx.array:
+    """A never-evaluated stand-in with the tensor's shape and converted dtype (for shape checks)."""
+    st = sf.dtype(key)
+    floating = st.startswith(("F", "BF"))
+    return mx.zeros(sf.shape(key), dtype=dtype if floating else mx.int32)
+
+
+def _quantize_tensor(key: str, value: mx.array, quantized: dict) -> list[tuple[str, mx.array]]:
+    """A Linear weight as `nn.quantize` leaves it (weight, scales[, biases]); anything else unchanged."""
+    path = key[: -len(".weight")] if key.endswith(".weight") else None
+    if path not in quantized:
+        return [(key, value)]
+    group_size, bits, mode = quantized[path]
+    packed = mx.quantize(value, group_size, bits, mode=mode)
+    out = [(path + ".weight", packed[0]), (path + ".scales", packed[1])]
+    if len(packed) > 2:
+        out.append((path + ".biases", packed[2]))
+    return out
+
+
+def _lora_subset(loras: list[LoRA], module: str) -> list[LoRA]:
+    return [LoRA(lr.path, lr.strength, {module: lr.pairs[module]}) for lr in loras if module in lr.pairs]
+
+
+def _fused(job: Job, ref_key: str, value: mx.array) -> mx.array:
+    hits = _lora_subset(job.loras, ref_key[: -len(".weight")]) if ref_key.endswith(".weight") else []
+    if not hits:
+        return value
+    one = {ref_key: value}
+    fuse_loras(one, hits)
+    return one[ref_key]
+
+
+def converted_tensors(job: Job, dtype: mx.Dtype, placeholders: bool = False) -> Iterator[tuple[str, mx.array]]:
+    """The component's tensors in our layout, one source tensor at a time: read (or a shape-only placeholder),
+    fuse LoRAs, sanitize, quantize. Source keys are reference names, so LoRAs fuse before any renaming."""
+    if job.component.name == "gemma" and dtype == mx.float16:
+        dtype = mx.bfloat16  # Gemma-3's activations overflow float16 (inf/NaN prompts): it stays bfloat16
+    for source in job.sources:
+        for key, ref_key in source.keys:
+            if placeholders:
+                value = _placeholder(source.sf, key, dtype)
+            else:
+                value = _fused(job, ref_key, official_tensor(source.sf, key, dtype))
+            for name, v in job.component.sanitize({ref_key: value}).items():
+                yield from _quantize_tensor(name, v, job.quantized)
+
+
+def _stream(job: Job, dtype: mx.Dtype, bar: tqdm, shard_bytes: int) -> Iterator[tuple[str, mx.array]]:
+    """Evaluated tensors for `write_component`; the freed buffers of each written shard go back to the system."""
+    pending = 0
+    for name, value in converted_tensors(job, dtype):
+        mx.eval(value)
+        yield name, value
+        bar.update(value.nbytes)
+        pending += value.nbytes
+        if pending > shard_bytes:  # write_component has just flushed a shard
+            mx.clear_cache()
+            pending = 0
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def _quantize_job(job: Job, plan: QuantizationPlan | None):
+    """Choose the quantized layers exactly as `quantize_model` does, on the (lazy) model itself."""
+    if plan is None:
+        return
+    plan = quantize_model(job.model, plan, job.component.quantizable)
+    job.quantized = {p: (m.group_size, m.bits, m.mode) for p, m in job.model.named_modules()
+                     if isinstance(m, nn.QuantizedLinear)}
+    job.entry["quantization"] = plan.as_config()
+
+
+def _check_job(job: Job, dtype: mx.Dtype) -> dict[str, tuple]:
+    """Strict key/shape check of the whole component against its model, before anything is read or written."""
+    weights = dict(converted_tensors(job, dtype, placeholders=True))
+    load_strict(job.model, weights, job.entry["folder"].replace("_", " "))
+    job.out_bytes = sum(v.nbytes for v in weights.values())
+    return {k: tuple(v.shape) for k, v in weights.items()}
+
+
+def _check_loras(loras: list[LoRA], dense_shapes: dict[str, tuple]) -> list[str]:
+    """LoRA modules must fit the transformer; returns those that match nothing (the reference ignores them)."""
+    unmatched = []
+    for lora in loras:
+        for module, (a, b) in lora.pairs.items():
+            shape = dense_shapes.get(module + ".weight")
+            if shape is None:
+                unmatched.append(f"{os.path.basename(lora.path)}: {module}")
+            elif (b.shape[0], a.shape[1]) != shape:
+                raise CheckpointError(f"LoRA {lora.path} does not fit this model: {module} is {shape} in the model "
+                                      f"but {(b.shape[0], a.shape[1])} in the LoRA. Is it made for the other model "
+                                      "version (LTX-2 vs LTX-2.3)?")
+    if loras and len(unmatched) == sum(len(lr.pairs) for lr in loras):
+        raise CheckpointError(f"none of the LoRA modules exist in this transformer: is it a LoRA for another model? "
+                              f"(first: {unmatched[0]})")
+    return unmatched
+
+
+def _text_dims(sf: SafetensorsFile, config: dict, gemma_cfg) -> dict:
+    """Gemma's hidden size and number of hidden states, which fix the text projection's input width."""
+    version = feature_extractor_version(config["transformer"])
+    key = "text_embedding_projection." + ("aggregate_embed.weight" if version == 1 else "video_aggregate_embed.weight")
+    if key not in sf:
+        raise CheckpointError(f"{sf.path} has no {key}: the text projection is missing from this checkpoint")
+    width = sf.shape(key)[1]
+    if gemma_cfg is not None:
+        D, L = gemma_cfg.hidden_size, gemma_cfg.num_hidden_layers + 1
+        if D * L != width:
+            raise CheckpointError(f"the Gemma folder does not match this checkpoint: its text projection takes {width} "
+                                  f"features but this Gemma gives {D} x {L} = {D * L}; use the Gemma-3 model the "
+                                  "LTX checkpoint was trained with (google/gemma-3-12b-it-qat-q4_0-unquantized)")
+    else:
+        D = int(config["transformer"].get("caption_channels") or 0)
+        if D <= 0 or width % D:
+            raise CheckpointError(f"{sf.path}: cannot infer the Gemma hidden size (caption_channels={D}, text "
+                                  f"projection width {width}); pass --gemma-root")
+        L = width // D
+    return {"embedding_dim": D, "num_states": L}
+
+
+def resolve_file(path: str, what: str) -> str:
+    """A local file, or `owner/name/file` from the hub; a bare repo id would download a whole repository."""
+    if not os.path.exists(path) and len(path.strip("/").split("/")) == 2 and not path.startswith((".", "/", "~")):
+        raise ValueError(f"{what} {path!r} looks like a Hugging Face repo id: name the file inside it, "
+                         f"e.g. {path}/<file>.safetensors")
+    resolved = resolve_path(path)
+    if os.path.isdir(resolved):
+        raise ValueError(f"{what} {path!r} is a folder; pass the .safetensors file")
+    return resolved
+
+
+def read_checkpoint(path: str) -> tuple[SafetensorsFile, dict, str | None]:
+    """The official file, its metadata config and model_version, with clear errors for anything else."""
+    sf = StreamingFile(path)
+    config = sf.config()
+    if not config:
+        raise CheckpointError(f"{sf.path} has no metadata 'config': it is not an official LTX-2/LTX-2.3 single-file "
+                              "checkpoint (or it was re-saved without its metadata); use the original file")
+    if "transformer" not in config:
+        raise CheckpointError(f"{sf.path}: the metadata config has no 'transformer' section "
+                              f"(sections: {sorted(config)}); it is not an LTX-2/LTX-2.3 checkpoint")
+    version = sf.metadata.get("model_version")
+    if version is not None and not str(version).startswith("2."):
+        raise CheckpointError(f"{sf.path}: model_version {version!r} is not LTX-2 (2.x) or LTX-2.3 (2.3.x); "
+                              "this converter only handles LTX-2 family checkpoints")
+    return sf, config, version
+
+
+def _checkpoint_jobs(sf: SafetensorsFile, config: dict, gemma_cfg) -> list[Job]:
+    jobs = []
+    text_dims = None
+    for component in CHECKPOINT_COMPONENTS:
+        source = _routed(sf, component)
+        if not source.keys:
+            continue
+        entry = {"kind": component.name, "folder": component.name}
+        if component.name == "text_projection":
+            text_dims = entry["dims"] = _text_dims(sf, config, gemma_cfg)
+        jobs.append(Job(component, entry, [source], build(component.name, config, text_dims=text_dims)))
+    if not any(j.component.name == "transformer" for j in jobs):
+        raise CheckpointError(f"{sf.path} holds no transformer weights (model.diffusion_model.*): "
+                              "not an LTX-2/LTX-2.3 checkpoint")
+    return jobs
+
+
+def _gemma_job(gemma_root: str) -> Job:
+    folder = Path(gemma_root)
+    cfg = read_gemma_config(folder)
+    sources = [_routed(StreamingFile(p), GEMMA) for p in weight_files(folder)]
+    if not any(s.keys for s in sources):
+        raise CheckpointError(f"{folder} holds no Gemma language-model weights")
+    if any(k.endswith(".scales") for s in sources for k, _ in s.keys):
+        raise CheckpointError(f"{folder} holds already-quantized (MLX) Gemma weights: pass the original Gemma-3 "
+                              "folder (google/gemma-3-12b-it-qat-q4_0-unquantized) and quantize with -q")
+    if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+        raise CheckpointError(f"{folder} has no Gemma tokenizer (tokenizer.json or tokenizer.model): download the "
+                              "tokenizer files of google/gemma-3-12b-it-qat-q4_0-unquantized into it")
+    entry = {"kind": "gemma", "folder": "gemma"}
+    return Job(GEMMA, entry, sources, build("gemma", {}, gemma_config=cfg))
+
+
+def _upsampler_job(path: str, kind: str) -> Job:
+    sf = StreamingFile(path)
+    config = sf.config()
+    name = upsampler_name(kind, upsampler_config(config, kind, sf.path))
+    entry = {"kind": kind, "folder": name, "config": config, "source": os.path.basename(sf.path)}
+    return Job(UPSAMPLER, entry, [_routed(sf, UPSAMPLER)], build(kind, {}, upsampler_config=config))
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _write_lora(folder: Path, lora: LoRA):
+    tensors = []
+    for module, (a, b) in sorted(lora.pairs.items()):
+        tensors += [(module + ".lora_A.weight", a), (module + ".lora_B.weight", b)]
+    write_component(folder, tensors)
+
+
+def _copy_gemma_files(src: Path, dst: Path, plan_config: dict | None):
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    config = json.loads((src / "config.json").read_text())
+    config.pop("quantization_config", None)
+    if plan_config:
+        config["quantization"] = plan_config
+    (dst / "config.json").write_text(json.dumps(config, indent=1))
+
+
+@dataclass
+class Conversion:
+    """Everything a conversion will write, checked and sized, before anything is written."""
+
+    config: dict
+    model_version: str | None
+    source: str
+    jobs: list[Job]
+    loras: list[LoRA]
+    distilled: LoRA | None
+    unmatched_lora_modules: list[str]
+    gemma_folder: Path | None
+
+    @property
+    def output_bytes(self) -> int:
+        lora = sum(a.nbytes + b.nbytes for a, b in self.distilled.pairs.values()) if self.distilled else 0
+        return sum(j.out_bytes for j in self.jobs) + lora
+
+
+def plan_conversion(checkpoint_path: str, gemma_root: str | None = None,
+                    spatial_upsampler_paths: tuple[str, ...] = (), temporal_upsampler_paths: tuple[str, ...] = (),
+                    options: ConvertOptions | None = None) -> Conversion:
+    """Open every input, build each component's model lazily, choose the quantized layers and check every
+    tensor's converted name and shape against the model — reading headers only, no weights."""
+    opts = options or ConvertOptions()
+    if opts.dtype not in DTYPES:
+        raise ValueError(f"dtype {opts.dtype!r} is not one of {', '.join(DTYPES)}")
+    unknown = set(opts.quantize) - set(QUANTIZABLE)
+    if unknown:
+        raise ValueError(f"cannot quantize {sorted(unknown)}: only {', '.join(QUANTIZABLE)} are quantizable")
+    dtype = DTYPES[opts.dtype]
+    sf, config, version = read_checkpoint(resolve_file(checkpoint_path, "the checkpoint"))
+    gemma_folder = Path(resolve_path(gemma_root)) if gemma_root else None
+    gemma_job = _gemma_job(str(gemma_folder)) if gemma_folder else None
+    jobs = _checkpoint_jobs(sf, config, gemma_job.model.config if gemma_job else None)
+    jobs += [gemma_job] if gemma_job else []
+    for kind, paths in (("spatial_upsampler", spatial_upsampler_paths), ("temporal_upsampler", temporal_upsampler_paths)):
+        jobs += [_upsampler_job(resolve_file(p, f"the {kind.replace('_', ' ')}"), kind) for p in paths]
+    names = [j.entry["folder"] for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two inputs convert to the same component folder ({names}); pass each upsampler once")
+
+    loras = [read_lora(resolve_file(p, "the LoRA"), s) for p, s in opts.loras]
+    distilled = (read_lora(resolve_file(opts.distilled_lora[0], "the distilled LoRA"), opts.distilled_lora[1])
+                 if opts.distilled_lora else None)
+    unmatched = []
+    for job in jobs:
+        if job.component.name == "transformer":
+            job.loras = loras
+            dense = _check_job(job, dtype)
+            unmatched = _check_loras(loras + ([distilled] if distilled else []), dense)
+        plan = opts.quantize.get(job.component.name)
+        if plan is not None or job.component.name != "transformer":
+            _quantize_job(job, plan)
+            _check_job(job, dtype)
+    return Conversion(config, version, sf.path, jobs, loras, distilled, unmatched, gemma_folder)
+
+
+def write_conversion(conv: Conversion, mlx_path: str, options: ConvertOptions | None = None) -> Path:
+    """Stream a planned conversion into `mlx_path` (a temporary folder renamed at the end)."""
+    opts = options or ConvertOptions()
+    dtype, out = DTYPES[opts.dtype], Path(mlx_path)
+    ensure_free_space(out, int(conv.output_bytes * 1.02) + (64 << 20))
+    if conv.unmatched_lora_modules:
+        print(f"ltx-mlx convert: {len(conv.unmatched_lora_modules)} LoRA modules match no transformer weight and "
+              f"are ignored (first: {conv.unmatched_lora_modules[0]})")
+    with atomic_output_dir(out, force=opts.force) as tmp:
+        bar = tqdm(total=sum(j.out_bytes for j in conv.jobs), unit="B", unit_scale=True, disable=not opts.progress,
+                   desc="converting")
+        for job in conv.jobs:
+            bar.set_postfix_str(job.entry["folder"])
+            write_component(tmp / job.entry["folder"], _stream(job, dtype, bar, opts.max_shard_bytes),
+                            opts.max_shard_bytes)
+            job.model = None  # the lazy model graph is no longer needed
+        bar.close()
+        gemma = next((j for j in conv.jobs if j.component.name == "gemma"), None)
+        if gemma is not None:
+            _copy_gemma_files(conv.gemma_folder, tmp / "gemma", gemma.entry.get("quantization"))
+        if conv.distilled is not None:
+            _write_lora(tmp / "distilled_lora", conv.distilled)
+        (tmp / CONFIG_NAME).write_text(json.dumps(_folder_config(conv, opts), indent=1))
+    return out
+
+
+def convert(checkpoint_path: str, mlx_path: str, gemma_root: str | None = None,
+            spatial_upsampler_paths: tuple[str, ...] = (), temporal_upsampler_paths: tuple[str, ...] = (),
+            options: ConvertOptions | None = None) -> Path:
+    """Convert an official checkpoint (+ Gemma folder, upsamplers, LoRAs) into an MLX model folder.
+
+    Every input may be a local path or a Hugging Face repo id (`owner/name[/file]`). Returns the folder.
+    Raises CheckpointError / ValueError / FileExistsError / OSError with a message naming the fix; on any
+    error (or interruption) nothing is left at `mlx_path`.
+    """
+    opts = options or ConvertOptions()
+    if Path(mlx_path).exists() and not opts.force:
+        raise FileExistsError(f"{mlx_path} already exists; choose another --mlx-path or pass --force to replace it")
+    conv = plan_conversion(checkpoint_path, gemma_root, spatial_upsampler_paths, temporal_upsampler_paths, opts)
+    return write_conversion(conv, mlx_path, opts)
+
+
+def _lora_record(lora: LoRA) -> dict:
+    record = {"source": os.path.basename(lora.path), "strength": lora.strength}
+    if "reference_downscale_factor" in lora.metadata:
+        record["reference_downscale_factor"] = lora.reference_downscale_factor
+    return record
+
+
+def _folder_config(conv: Conversion, opts: ConvertOptions) -> dict:
+    components = {}
+    quantization = {}
+    for job in conv.jobs:
+        entry = dict(job.entry)
+        if "quantization" in entry:
+            quantization[entry["folder"]] = entry.pop("quantization")
+        components[entry["folder"]] = entry
+    if conv.distilled is not None:
+        components["distilled_lora"] = {"kind": "lora", "folder": "distilled_lora", **_lora_record(conv.distilled)}
+    return {
+        "format": FORMAT,
+        "ltx_mlx_version": __version__,
+        "model_version": conv.model_version,
+        "dtype": opts.dtype,
+        "config": conv.config,
+        "components": components,
+        "quantization": quantization,
+        "fused_loras": [_lora_record(lr) for lr in conv.loras],
+        "source": {"checkpoint": os.path.basename(conv.source), "bytes": os.path.getsize(conv.source)},
+    }
