@@ -28,6 +28,7 @@ sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "tests")]
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
+from loading import load_official
 
 PREFIX = "model.diffusion_model."
 
@@ -166,7 +167,7 @@ def main(argv=None):
 
     from safetensors.numpy import save_file
 
-    from ltx_mlx.models.transformer import Modality, load_transformer
+    from ltx_mlx.models.transformer import Modality
 
     cfg = transformer_config(a)
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,7 +184,7 @@ def main(argv=None):
         ref = json.load(open(result))
         ref_out = np.load(result + ".npz")
 
-        model = load_transformer(ckpt)
+        model = load_official(ckpt, "transformer")
         video, audio = (Modality(*(mx.array(x[f"{m}.{n}"]) for n in ("latent", "sigma", "timesteps", "positions",
                                                                         "context"))) for m in "va")
 

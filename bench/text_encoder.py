@@ -9,7 +9,8 @@ import time
 
 import mlx.core as mx
 
-from ltx_mlx.models.gemma3 import Gemma3Config, Gemma3TextModel, quantize_gemma
+from ltx_mlx.models.gemma3 import Gemma3Config, Gemma3TextModel
+from ltx_mlx.weights.quantize import QuantizationPlan, decoder_layer_linears, quantize_model
 from ltx_mlx.models.text_projection import TextProjection, TextProjectionConfig
 
 LTX23 = {"rope_type": "split", "frequencies_precision": "float64", "connector_attention_head_dim": 128,
@@ -52,7 +53,7 @@ def main(argv=None):
     gemma = Gemma3TextModel(cfg)
     gemma.set_dtype(dtype)
     if args.bits:
-        quantize_gemma(gemma, bits=args.bits, group_size=64)
+        quantize_model(gemma, QuantizationPlan(bits=args.bits, group_size=64), decoder_layer_linears)
     mx.eval(gemma.parameters())
     T = args.tokens
     ids = mx.random.randint(3, 1000, (1, T))

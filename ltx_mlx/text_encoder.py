@@ -15,9 +15,9 @@ from typing import Callable
 
 import mlx.core as mx
 
-from .weights.checkpoint import CheckpointError, SafetensorsFile
-from .models.gemma3 import Gemma3TextModel, load_gemma, read_gemma_config
-from .models.text_projection import ConnectorConfig, TextProjection, load_text_projection, transformer_config
+from .models.gemma3 import Gemma3TextModel
+from .models.text_projection import TextProjection
+from .weights.checkpoint import CheckpointError
 
 MAX_LENGTH = 1024  # the reference tokenizes every prompt to exactly this many tokens
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -93,21 +93,6 @@ class TextEncoder:
                  projection: TextProjection | Callable[[], TextProjection]):
         self.gemma, self.tokenizer, self._projection = gemma, tokenizer, projection
 
-    @classmethod
-    def load(cls, gemma_folder, checkpoint, dtype=mx.bfloat16, max_length: int = MAX_LENGTH) -> "TextEncoder":
-        """Gemma from its Hugging Face folder; the projection (later) from the official LTX checkpoint."""
-        config = read_gemma_config(gemma_folder)
-        sf = checkpoint if isinstance(checkpoint, SafetensorsFile) else SafetensorsFile(checkpoint)
-        transformer = transformer_config(sf)
-        for audio in (False, True):
-            R = ConnectorConfig.from_dict(transformer, audio=audio).num_learnable_registers
-            if max_length % R:
-                raise ValueError(f"max_length {max_length} must be a multiple of the connector's {R} registers "
-                                 f"(the reference uses {MAX_LENGTH})")
-        tokenizer = PromptTokenizer(gemma_folder, max_length, gemma_config=config)
-        gemma = load_gemma(gemma_folder, dtype=dtype)
-        return cls(gemma, tokenizer, lambda: load_text_projection(sf, dtype=dtype, gemma_config=config))
-
     @property
     def projection(self) -> TextProjection:
         if callable(self._projection) and not isinstance(self._projection, TextProjection):
@@ -140,29 +125,18 @@ class TextEncoder:
         mx.clear_cache()
 
 
-def encode_prompts(prompt: str, negative_prompt: str | None, *, gemma_folder=None, checkpoint=None,
-                   encoder: TextEncoder | None = None, dtype=mx.bfloat16, max_length: int = MAX_LENGTH,
+def encode_prompts(prompt: str, negative_prompt: str | None, encoder: TextEncoder,
                    free_gemma: bool = True) -> tuple[TextContext, TextContext | None]:
     """Encode the positive (and optional negative) prompt for one generation.
 
     An empty positive prompt is an error; an empty negative prompt is allowed, as in the reference
     (`retake` defaults to ""), and encodes to the BOS token alone. With `free_gemma`, Gemma's weights are
-    released as soon as the prompts have run through it, before the projection is loaded. An encoder
-    built here (from `gemma_folder` and `checkpoint`) is released entirely on return.
+    released as soon as the prompts have run through it, before the projection is loaded.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty: describe the video to generate (e.g. --prompt \"a cat on a beach\")")
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise ValueError(f"negative_prompt must be a string or None, not {type(negative_prompt).__name__}")
-    own = encoder is None
-    if own:
-        if gemma_folder is None or checkpoint is None:
-            raise ValueError("encode_prompts needs either `encoder` or both `gemma_folder` and `checkpoint`")
-        encoder = TextEncoder.load(gemma_folder, checkpoint, dtype=dtype, max_length=max_length)
     prompts = [prompt] if negative_prompt is None else [prompt, negative_prompt]
     contexts = encoder.encode(prompts, free_gemma=free_gemma)
-    if own:
-        del encoder
-        gc.collect()
-        mx.clear_cache()
     return contexts[0], (contexts[1] if negative_prompt is not None else None)

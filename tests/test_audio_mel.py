@@ -37,6 +37,7 @@ from reference import assert_parity, randomize_, save_official_checkpoint, to_mx
 
 from ltx_mlx.audio import AudioProcessor, as_stereo, decode_audio, encode_audio, resample, slaney_mel_filters, \
     stft_magnitude
+from loading import load_official
 
 
 def direct_resample(x: np.ndarray, orig: int, new: int) -> np.ndarray:
@@ -147,22 +148,20 @@ def test_encode_and_decode_audio_match_the_reference(tmp_path):
     from test_vocoder import V2, reference_vocoder
 
     from ltx_core.model.audio_vae import decode_audio as ref_decode_audio
-    from ltx_mlx.models.audio_vae import load_audio_decoder, load_audio_encoder
-    from ltx_mlx.models.vocoder import load_vocoder
 
     vae_path, voc_path = tmp_path / "vae.safetensors", tmp_path / "voc.safetensors"
     enc, dec = write_vae(vae_path, VAE_CONFIGS["released"])
     voc = reference_vocoder(V2)
     save_official_checkpoint(voc_path, {"vocoder." + k: v for k, v in voc.state_dict().items()}, V2, "2.3.0")
     wav = np.random.default_rng(4).standard_normal((2, 11025)).astype(np.float32) * 0.1
-    encoder = load_audio_encoder(vae_path)
+    encoder = load_official(vae_path, "audio_encoder")
     latent = encode_audio(wav, 22050, encoder)
     mel = AudioProcessor.from_config(encoder.config)(wav, 22050)
     with torch.no_grad():
         ref_latent = enc(torch.tensor(np.array(mel)))
     assert_parity(latent, ref_latent, what="encode_audio")
 
-    ours_wav, rate = decode_audio(latent, load_audio_decoder(vae_path), load_vocoder(voc_path))
+    ours_wav, rate = decode_audio(latent, load_official(vae_path, "audio_decoder"), load_official(voc_path, "vocoder"))
     with torch.no_grad():
         ref = ref_decode_audio(ref_latent, dec, voc)
     assert rate == ref.sampling_rate == 48000 and ours_wav.dtype == mx.float32 and ours_wav.ndim == 2

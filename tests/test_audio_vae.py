@@ -10,8 +10,8 @@ from reference import assert_parity, randomize_, save_official_checkpoint, to_mx
 
 from ltx_core.model.audio_vae import AudioDecoderConfigurator, AudioEncoderConfigurator
 from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
-from ltx_mlx.models.audio_vae import (AudioDecoder, AudioEncoder, AudioVAEConfig, load_audio_decoder,
-                                      load_audio_encoder, sanitize)
+from ltx_mlx.models.audio_vae import AudioDecoder, AudioEncoder, AudioVAEConfig, sanitize
+from loading import load_official
 
 
 def audio_cfg(ch=32, z=2, **dd):
@@ -56,8 +56,7 @@ def test_encode_decode_parity(tmp_path, name):
     config = CONFIGS[name]
     path = tmp_path / "ltx.safetensors"
     enc, dec = write_checkpoint(path, config)
-    sf = SafetensorsFile(path)
-    ours_enc, ours_dec = load_audio_encoder(sf), load_audio_decoder(path)
+    ours_enc, ours_dec = load_official(path, "audio_encoder"), load_official(path, "audio_decoder")
 
     g = torch.Generator().manual_seed(3)
     mel = torch.randn(2, 2, 97, 64, generator=g) * 2 - 4
@@ -79,7 +78,7 @@ def test_encode_decode_parity(tmp_path, name):
 def test_decoder_length_is_4t_minus_3(tmp_path):
     path = tmp_path / "ltx.safetensors"
     _, dec = write_checkpoint(path, CONFIGS["released"])
-    ours = load_audio_decoder(path)
+    ours = load_official(path, "audio_decoder")
     for T in (1, 2, 7):
         latent = torch.randn(1, 2, T, 16)
         with torch.no_grad():
@@ -132,7 +131,7 @@ def test_full_size_keys_and_shapes(attention):
 def test_bad_inputs_and_files(tmp_path):
     path = tmp_path / "ltx.safetensors"
     write_checkpoint(path, CONFIGS["released"])
-    enc, dec = load_audio_encoder(path), load_audio_decoder(path)
+    enc, dec = load_official(path, "audio_encoder"), load_official(path, "audio_decoder")
     with pytest.raises(ValueError, match=r"\(batch, 2, frames, 64\)"):
         enc(mx.zeros((1, 2, 50, 80)))
     with pytest.raises(ValueError, match=r"\(batch, 2, frames, 64\)"):
@@ -148,4 +147,4 @@ def test_bad_inputs_and_files(tmp_path):
     tensors = {"audio_vae.encoder." + k: torch.zeros(v.shape) for k, v in enc_ref.state_dict().items()}
     save_official_checkpoint(tmp_path / "bad.safetensors", tensors, wrong)
     with pytest.raises(CheckpointError, match="missing"):
-        load_audio_encoder(tmp_path / "bad.safetensors")
+        load_official(tmp_path / "bad.safetensors", "audio_encoder")

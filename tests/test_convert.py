@@ -20,31 +20,21 @@ from convert_fixtures import (UPSAMPLERS, VERSIONS, component_outputs, official_
 from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile
 from ltx_mlx.cli.convert import main
 from ltx_mlx.weights.folder import INDEX_NAME
-from ltx_mlx.models.audio_vae import load_audio_decoder, load_audio_encoder
-from ltx_mlx.models.gemma3 import load_gemma
-from ltx_mlx.models.text_projection import load_text_projection
-from ltx_mlx.models.transformer import load_transformer
-from ltx_mlx.models.upsampler import load_upsampler
-from ltx_mlx.models.video_vae import load_video_decoder, load_video_encoder
-from ltx_mlx.models.vocoder import load_vocoder
 from ltx_mlx.text_encoder import PromptTokenizer
 from reference import save_official_checkpoint
+from loading import load_gemma, load_official, load_upsampler
 
 COMPONENTS = ("transformer", "text_projection", "video_encoder", "video_decoder", "audio_encoder", "audio_decoder",
               "vocoder", "gemma")
 
 
 def official_component(name, ckpt, gemma, upsamplers=None):
-    sf = SafetensorsFile(ckpt)
+    """The component as the official files give it, converted on its own (float32, no quantization)."""
     if "upsampler" in name:
         return load_upsampler(upsamplers[name][1])
     if name == "gemma":
         return load_gemma(gemma)
-    if name == "text_projection":
-        return load_text_projection(sf, gemma_config=load_gemma(gemma).config)
-    loaders = {"transformer": load_transformer, "video_encoder": load_video_encoder, "video_decoder": load_video_decoder,
-               "audio_encoder": load_audio_encoder, "audio_decoder": load_audio_decoder, "vocoder": load_vocoder}
-    return loaders[name](sf)
+    return load_official(ckpt, name, gemma=gemma if name == "text_projection" else None)
 
 
 def run_cli(*args) -> tuple[int, str]:
@@ -107,7 +97,10 @@ def test_folder_layout_config_and_tokenizer(official, converted):
     assert cfg["format"] == "mlx" and cfg["model_version"] == VERSIONS[version] and cfg["dtype"] == "float32"
     assert cfg["config"] == config  # every official section, verbatim
     assert cfg["quantization"] == {} and cfg["fused_loras"] == []
-    assert cfg["components"]["text_projection"]["dims"] == {"embedding_dim": 64, "num_states": 8}
+    stored = cfg["components"]["text_projection"]["config"]
+    assert (stored["embedding_dim"], stored["num_states"], stored["registers"]) == (64, 8, [128, 128])
+    assert cfg["components"]["transformer"]["config"] == cfg["config"]["transformer"]
+    assert cfg["format_version"] == 2
     assert cfg["source"] == {"checkpoint": ckpt.name, "bytes": ckpt.stat().st_size}
     for name, (kind, path) in upsamplers.items():
         entry = cfg["components"][name]

@@ -13,12 +13,11 @@ from mlx.utils import tree_flatten
 import ltx_mlx
 from convert_fixtures import component_outputs, write_official
 from ltx_mlx.weights.checkpoint import SafetensorsFile
-from ltx_mlx.models.gemma3 import load_gemma
-from ltx_mlx.models.transformer import load_transformer
 from ltx_mlx.weights.quantize import (QuantizationPlan, decoder_layer_linears, quantize_model, quantized_layers,
                               transformer_block_linears)
 from reference import rel_err
 from test_convert import run_cli
+from loading import load_gemma, load_official
 
 # Every width a multiple of 32 (video 64, audio 32, FFs 256/128), so group size 32 quantizes every block linear.
 DIMS = dict(num_attention_heads=2, attention_head_dim=32, audio_num_attention_heads=2, audio_attention_head_dim=16)
@@ -58,7 +57,7 @@ def official(tmp_path_factory):
 
 
 def in_memory(name, ckpt, gemma, plan):
-    model = load_transformer(ckpt) if name == "transformer" else load_gemma(gemma)
+    model = load_official(ckpt, "transformer") if name == "transformer" else load_gemma(gemma)
     if plan is not None:
         quantize_model(model, plan, decoder_layer_linears if name == "gemma" else transformer_block_linears)
     return model

@@ -1,7 +1,5 @@
 """Feature extractors V1/V2 and the embeddings connectors vs ltx-core, via official-format files; batch > 1; full size."""
 
-import types
-
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -13,10 +11,11 @@ from ltx_core.text_encoders.gemma.encoders.encoder_configurator import (EMBEDDIN
                                                                         EmbeddingsProcessorConfigurator)
 from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV1, FeatureExtractorV2
 
-from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
-from ltx_mlx.models.text_projection import (PREFIXES, TextProjection, TextProjectionConfig, load_text_projection,
-                                            route_key, sanitize)
+from ltx_mlx.weights.checkpoint import CheckpointError, parameter_shapes
+from ltx_mlx.models.text_projection import PREFIXES, TextProjection, TextProjectionConfig, route_key, sanitize
 from reference import assert_parity, randomize_, rel_err, save_official_checkpoint, to_mx
+from loading import load_official
+from text_fixtures import save_gemma_folder, tiny_gemma
 
 D, L, T = 16, 5, 128  # fake Gemma: hidden 16, 4 layers + embeddings; T a multiple of the 128 registers
 VALID = (37, 90)  # valid (left-padded) tokens of the two samples
@@ -72,10 +71,10 @@ def hidden_states(B: int, seed: int = 1):
     return hs, mask
 
 
-def save_and_load(tmp_path, proc, t, version, gemma_config=None):
+def save_and_load(tmp_path, proc, t, version, gemma=None):
     path = save_official_checkpoint(tmp_path / f"ltx{version}.safetensors", official_tensors(proc), {"transformer": t},
                                     "2.3.0" if version == 2 else "2.0.0")
-    return load_text_projection(path, gemma_config=gemma_config)
+    return load_official(path, "text_projection", gemma=gemma)
 
 
 CASES = [(1, "split", "float64"), (2, "split", "float64"), (1, "interleaved", "float64"), (2, "interleaved", None)]
@@ -142,31 +141,33 @@ def test_gemma_dims_come_from_the_gemma_config(tmp_path):
     t = tiny_transformer_config(1)
     del t["caption_channels"]
     proc = reference_processor(t)
-    gemma = types.SimpleNamespace(hidden_size=D, num_hidden_layers=L - 1)
-    ours = save_and_load(tmp_path, proc, t, 1, gemma_config=gemma)
+    dims = dict(hidden_size=D, num_attention_heads=2, num_key_value_heads=1, head_dim=8, intermediate_size=32)
+    gemma = save_gemma_folder(tiny_gemma("text", **dims, num_hidden_layers=L - 1), tmp_path / "gemma")
+    ours = save_and_load(tmp_path, proc, t, 1, gemma=gemma)
     assert (ours.config.embedding_dim, ours.config.num_states) == (D, L)
-    with pytest.raises(CheckpointError, match="use the Gemma-3 model this LTX checkpoint was trained with"):
-        save_and_load(tmp_path, proc, t, 1, gemma_config=types.SimpleNamespace(hidden_size=D, num_hidden_layers=7))
-    with pytest.raises(CheckpointError, match="pass gemma_config"):
+    other = save_gemma_folder(tiny_gemma("text", **dims, num_hidden_layers=7), tmp_path / "gemma-8")
+    with pytest.raises(CheckpointError, match="this Gemma gives 16 x 8 = 128; use the Gemma-3 model"):
+        save_and_load(tmp_path, proc, t, 1, gemma=other)
+    with pytest.raises(CheckpointError, match="pass --gemma-root"):
         save_and_load(tmp_path, proc, t, 1)
 
 
 def test_version_selection_and_bad_files(tmp_path):
     partial = {**tiny_transformer_config(1), "caption_proj_before_connector": True}
-    with pytest.raises(CheckpointError, match="partial V2 .* caption_proj_input_norm"):
+    with pytest.raises(ValueError, match="partial V2 .* caption_proj_input_norm"):
         TextProjectionConfig.from_dict(partial, D, L)
     odd = {**tiny_transformer_config(2), "caption_proj_input_norm": True}
-    with pytest.raises(CheckpointError, match="caption_proj_input_norm=True"):
+    with pytest.raises(ValueError, match="caption_proj_input_norm=True"):
         TextProjectionConfig.from_dict(odd, D, L)
     t = tiny_transformer_config(2)
     tensors = official_tensors(reference_processor(t))
     path = save_official_checkpoint(tmp_path / "nometa.safetensors", tensors)
     with pytest.raises(CheckpointError, match="no metadata"):
-        load_text_projection(path)
+        load_official(path, "text_projection")
     missing = {k: v for k, v in tensors.items() if "blocks.1.ff" not in k}
     path = save_official_checkpoint(tmp_path / "missing.safetensors", missing, {"transformer": t}, "2.3.0")
     with pytest.raises(CheckpointError, match="missing: audio_connector.transformer_1d_blocks.1.ff"):
-        load_text_projection(SafetensorsFile(path))
+        load_official(path, "text_projection")
     ours = save_and_load(tmp_path, reference_processor(t), t, 2)
     with pytest.raises(ValueError, match="multiple of the connector's 128 registers"):
         ours.video_connector(mx.zeros((1, 100, 24)), mx.ones((1, 100)))
@@ -198,8 +199,7 @@ def test_full_size_keys_and_shapes(name, t):
         official[PREFIXES[head + "."] + rest] = _Shape(v.shape)
         assert EMBEDDINGS_PROCESSOR_KEY_OPS.apply_to_key(PREFIXES[head + "."] + rest) == k
     ours_from_file = sanitize({route_key(k): v for k, v in official.items()})
-    gemma_12b = types.SimpleNamespace(hidden_size=3840, num_hidden_layers=48)
-    cfg = TextProjectionConfig.from_dict(t, gemma_12b.hidden_size, gemma_12b.num_hidden_layers + 1)
+    cfg = TextProjectionConfig.from_dict(t, 3840, 48 + 1)  # Gemma-3-12B: hidden 3840, 48 layers + embeddings
     shapes = parameter_shapes(TextProjection(cfg))
     assert {k: v.shape for k, v in ours_from_file.items()} == shapes
     n = sum(int(np.prod(s)) for s in shapes.values())

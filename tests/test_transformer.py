@@ -16,10 +16,10 @@ from safetensors.torch import save_file
 from dit_reference import (ASSERTED, build_reference, fake_side_tensors, pinned_timestep_embedding,
                            ref_perturbations, save_reference, tiny_config, to_ours)
 from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
-from ltx_mlx.models.transformer import (LTXModel, Modality, Perturbations, TransformerConfig, X0Model,
-                                        load_transformer, sanitize)
+from ltx_mlx.models.transformer import LTXModel, Modality, Perturbations, TransformerConfig, X0Model, sanitize
 from reference import prefixed_state_dict, rel_err
 from test_transformer_parity import conditioned, make_inputs
+from loading import load_official
 
 # Real metadata (spec 1.3; third-party reported): the reference builds these on the meta device.
 FULL_BASE = dict(
@@ -83,8 +83,8 @@ def test_bf16_close_to_float32(tiny, monkeypatch):
     video, audio, g = make_inputs(cfg, seed=7, frames=4, h=3, w=4, audio_frames=12)
     video, audio = conditioned(video, audio, g, hw=12)
     v32, a32 = to_ours(video), to_ours(audio)
-    ours32 = X0Model(load_transformer(path))
-    ours16 = X0Model(load_transformer(path, mx.bfloat16))
+    ours32 = X0Model(load_official(path, "transformer"))
+    ours16 = X0Model(load_official(path, "transformer", "bfloat16"))
     f32 = ours32(v32, a32)
     b16 = ours16(_bf16(v32, False), _bf16(a32, False))
     assert b16[0].dtype == mx.bfloat16 and b16[1].dtype == mx.bfloat16
@@ -136,31 +136,34 @@ def test_loader_errors_name_the_problem(tiny, tmp_path):
     cfg, ref, _ = tiny
     missing = "model.diffusion_model.transformer_blocks.1.attn1.to_q.bias"
     with pytest.raises(CheckpointError, match=r"missing: transformer_blocks\.1\.attn1\.to_q\.bias"):
-        load_transformer(_save(tmp_path / "m.safetensors", _tensors(ref, drop=(missing,)), cfg))
+        load_official(_save(tmp_path / "m.safetensors", _tensors(ref, drop=(missing,)), cfg), "transformer")
     extra = {"model.diffusion_model.transformer_blocks.0.attn1.bogus.weight": torch.ones(2)}
     with pytest.raises(CheckpointError, match=r"unexpected: transformer_blocks\.0\.attn1\.bogus\.weight"):
-        load_transformer(_save(tmp_path / "x.safetensors", _tensors(ref, extra), cfg))
+        load_official(_save(tmp_path / "x.safetensors", _tensors(ref, extra), cfg), "transformer")
     with pytest.raises(CheckpointError, match=r"missing: .*transformer_blocks\.3\."):
-        load_transformer(_save(tmp_path / "l.safetensors", _tensors(ref), dict(cfg, num_layers=4)))
+        load_official(_save(tmp_path / "l.safetensors", _tensors(ref), dict(cfg, num_layers=4)), "transformer")
     with pytest.raises(CheckpointError, match="wrong shape: adaln_single"):
-        load_transformer(_save(tmp_path / "w.safetensors", _tensors(ref), dict(cfg, attention_head_dim=8,
-                                                                              cross_attention_dim=32)))
+        load_official(_save(tmp_path / "w.safetensors", _tensors(ref), dict(cfg, attention_head_dim=8,
+                                                                              cross_attention_dim=32)), "transformer")
     for key, value in (("qk_norm", "layer_norm"), ("rope_type", "spiral"), ("attention_type", "magic"),
                        ("use_middle_indices_grid", None)):
         bad = dict(cfg, **{key: value}) if value is not None else {k: v for k, v in cfg.items() if k != key}
         with pytest.raises(CheckpointError, match=key):
-            load_transformer(_save(tmp_path / f"{key}.safetensors", _tensors(ref), bad))
+            load_official(_save(tmp_path / f"{key}.safetensors", _tensors(ref), bad), "transformer")
     with pytest.raises(CheckpointError, match="cross_attention_dim"):
-        load_transformer(_save(tmp_path / "c.safetensors", _tensors(ref), dict(cfg, cross_attention_dim=40)))
+        load_official(_save(tmp_path / "c.safetensors", _tensors(ref), dict(cfg, cross_attention_dim=40)), "transformer")
     save_file({"a": torch.zeros(1)}, str(tmp_path / "n.safetensors"), metadata={"config": json.dumps({"vae": {}})})
+    with pytest.raises(CheckpointError, match="holds no transformer weights"):
+        load_official(tmp_path / "n.safetensors", "transformer")
+    save_file(_tensors(ref), str(tmp_path / "s.safetensors"), metadata={"config": json.dumps({"vae": {}})})
     with pytest.raises(CheckpointError, match="no 'transformer' section"):
-        load_transformer(tmp_path / "n.safetensors")
+        load_official(tmp_path / "s.safetensors", "transformer")
 
 
 def test_side_keys_are_left_for_their_components(tiny):
     _, _, path = tiny
     sf = SafetensorsFile(path)
-    model = load_transformer(sf)  # an open file works too
+    model = load_official(path, "transformer")
     assert any(k.startswith("model.diffusion_model.video_embeddings_connector.") for k in sf.keys())
     assert not any("connector" in k for k in parameter_shapes(model))
 
@@ -183,7 +186,7 @@ def test_low_precision_checkpoints_load_dequantised(tiny, tmp_path, kind):
             if kind == "fp8-scaled":
                 tensors[k + "_scale"] = scale.reshape(())
                 tensors[k.replace(".weight", ".input_scale")] = torch.tensor(0.5)
-    model = load_transformer(_save(tmp_path / f"{kind}.safetensors", tensors, cfg))
+    model = load_official(_save(tmp_path / f"{kind}.safetensors", tensors, cfg), "transformer")
     params = dict(tree_flatten(model.parameters()))
     assert len(expected) > 10
     for k, want in expected.items():
@@ -194,7 +197,7 @@ def test_low_precision_checkpoints_load_dequantised(tiny, tmp_path, kind):
 
 def test_bad_calls_raise_clear_errors(tiny):
     cfg, _, path = tiny
-    model = load_transformer(path)
+    model = load_official(path, "transformer")
     with pytest.raises(ValueError, match="video or an audio"):
         model(None, None)
     video, _, _ = make_inputs(cfg)

@@ -19,10 +19,11 @@ from ltx_core.types import AudioLatentShape, VideoLatentShape
 from dit_reference import (build_reference, fake_side_tensors, pinned_timestep_embedding, ref_perturbations,
                            save_reference, tiny_config, to_ours)
 from ltx_mlx.models import transformer
-from ltx_mlx.models.transformer import X0Model, load_transformer
+from ltx_mlx.models.transformer import X0Model
 from ltx_mlx.perturbations import Perturbation, Perturbations
 from ltx_mlx.perturbations import PerturbationType as P
 from reference import assert_parity
+from loading import load_official
 
 ERRORS = {}  # case -> worst relative error, printed at the end of each test
 
@@ -88,7 +89,7 @@ def models(request, tmp_path_factory):
     ref = build_reference(cfg)
     path = save_reference(tmp_path_factory.mktemp("dit") / "model.safetensors", ref, cfg,
                           "2.3.0" if request.param.startswith("2.3") else "2.0.0", fake_side_tensors())
-    return request.param, cfg, ref, load_transformer(path)
+    return request.param, cfg, ref, load_official(path, "transformer")
 
 
 def run_both(ref, ours, video, audio, per_sample=None, x0=False):

@@ -11,8 +11,9 @@ from reference import assert_parity, randomize_, save_official_checkpoint, to_mx
 from test_video_vae import cf, cl, vae_config
 
 from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
-from ltx_mlx.models.upsampler import LatentUpsampler, UpsamplerConfig, load_upsampler, sanitize, upsample_video
+from ltx_mlx.models.upsampler import LatentUpsampler, UpsamplerConfig, sanitize, upsample_video
 from ltx_mlx.models.video_vae import PerChannelStatistics
+from loading import load_upsampler
 
 TINY = dict(in_channels=8, mid_channels=32, num_blocks_per_stage=1, dims=3)
 VARIANTS = {
@@ -57,7 +58,7 @@ def test_upsample_video_uses_the_vae_statistics(tmp_path):
     x = torch.randn(1, 8, 2, 3, 4, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         want = ref_upsample_video(x, enc, ref)
-    got = upsample_video(cl(x), stats, load_upsampler(SafetensorsFile(tmp_path / "up.safetensors")))
+    got = upsample_video(cl(x), stats, load_upsampler(tmp_path / "up.safetensors"))
     err = assert_parity(cf(got), want, what="upsample_video")
     print(f"upsample_video: rel err {err:.2e}")
 

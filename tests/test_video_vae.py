@@ -11,8 +11,8 @@ from reference import assert_parity, randomize_, save_official_checkpoint, to_mx
 
 from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
 from ltx_mlx.models import video_vae
-from ltx_mlx.models.video_vae import (VideoDecoder, VideoEncoder, VideoVAEConfig, decode_video, load_video_decoder,
-                                      load_video_encoder, sanitize)
+from ltx_mlx.models.video_vae import VideoDecoder, VideoEncoder, VideoVAEConfig, decode_video, sanitize
+from loading import load_official
 
 # Tiny block lists shaped like the real ones (spec 2.1): same block types, strides and multipliers, 1 layer each.
 LTX2_ENCODER = [["res_x", {"num_layers": 1}], ["compress_space_res", {"multiplier": 2}], ["res_x", {"num_layers": 1}],
@@ -102,7 +102,7 @@ def test_encoder_parity(tmp_path, version):
     config = vae_config(version)
     enc, dec = build_reference(config)
     path = save_vae(tmp_path / "vae.safetensors", config, enc, dec)
-    ours = load_video_encoder(path)
+    ours = load_official(path, "video_encoder")
     x = torch.rand(1, 3, 17, 64, 96, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
         ref = enc(x)
@@ -134,7 +134,7 @@ def test_decoder_parity(tmp_path, variant):
                 if "per_channel_scale" in k:
                     p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.5)
     path = save_vae(tmp_path / "vae.safetensors", config, enc, dec)
-    ours = load_video_decoder(path)
+    ours = load_official(path, "video_decoder")
     z = torch.randn(1, 8, 3, 2, 3, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = dec(z, generator=torch.Generator().manual_seed(7))
@@ -154,7 +154,7 @@ def test_decoder_parity(tmp_path, variant):
 def test_decoder_key_noise_is_reproducible(tmp_path):
     config = vae_config("2.3", timestep_conditioning=True)
     enc, dec = build_reference(config)
-    ours = load_video_decoder(save_vae(tmp_path / "v.safetensors", config, enc, dec))
+    ours = load_official(save_vae(tmp_path / "v.safetensors", config, enc, dec), "video_decoder")
     z = mx.random.normal((1, 2, 2, 2, 8))
     a, b = ours(z, key=mx.random.key(5)), ours(z, key=mx.random.key(5))
     c = ours(z, key=mx.random.key(6))
@@ -166,7 +166,7 @@ def test_unused_statistics_are_dropped_and_file_is_shared(tmp_path):
     enc, dec = build_reference(config)
     sf = SafetensorsFile(save_vae(tmp_path / "v.safetensors", config, enc, dec))
     assert {f"vae.per_channel_statistics.{n}" for n in UNUSED_STATS} <= set(sf.keys())
-    e, d = load_video_encoder(sf), load_video_decoder(sf)  # one open file serves both
+    e, d = load_official(sf.path, "video_encoder"), load_official(sf.path, "video_decoder")
     np.testing.assert_array_equal(np.array(e.per_channel_statistics["std-of-means"]),
                                   enc.per_channel_statistics.get_buffer("std-of-means").numpy())
     np.testing.assert_array_equal(np.array(d.per_channel_statistics["mean-of-means"]),
@@ -177,7 +177,7 @@ def test_unused_statistics_are_dropped_and_file_is_shared(tmp_path):
     tensors["vae.per_channel_statistics.std-of-stds"] = torch.ones(8)
     save_official_checkpoint(tmp_path / "x.safetensors", tensors, config)
     with pytest.raises(CheckpointError, match="std-of-stds"):
-        load_video_decoder(tmp_path / "x.safetensors")
+        load_official(tmp_path / "x.safetensors", "video_decoder")
 
 
 # The block types real files do not use but the reference builds: res_x_y (shortcut), plain strided compress_*,
@@ -203,8 +203,8 @@ def test_other_block_types_and_frame_chunked_convs(tmp_path, monkeypatch, chunk_
     z = torch.randn(1, 32, 3, 2, 2, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref_z, ref_x = enc(x), dec(z)
-    e1 = assert_parity(cf(load_video_encoder(path)(cl(x))), ref_z, what="encode, other blocks")
-    e2 = assert_parity(cf(load_video_decoder(path)(cl(z))), ref_x, what="decode, other blocks")
+    e1 = assert_parity(cf(load_official(path, "video_encoder")(cl(x))), ref_z, what="encode, other blocks")
+    e2 = assert_parity(cf(load_official(path, "video_decoder")(cl(z))), ref_x, what="decode, other blocks")
     print(f"other block types (chunk bytes {chunk_bytes}): encode {e1:.2e}, decode {e2:.2e}")
 
 
@@ -284,5 +284,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
     # a file without the VAE
     save_official_checkpoint(tmp_path / "t.safetensors", {"model.diffusion_model.x": torch.zeros(1)},
                              {"transformer": {}})
+    with pytest.raises(CheckpointError, match="holds no video decoder weights"):
+        load_official(tmp_path / "t.safetensors", "video_decoder")
+    save_official_checkpoint(tmp_path / "s.safetensors", {"vae.decoder.x": torch.zeros(1)}, {"transformer": {}})
     with pytest.raises(CheckpointError, match="no 'vae' section"):
-        load_video_decoder(tmp_path / "t.safetensors")
+        load_official(tmp_path / "s.safetensors", "video_decoder")

@@ -8,9 +8,9 @@ from ltx_core.model.video_vae import TilingConfig as RefTiling
 from reference import assert_parity, to_np
 from test_video_vae import build_reference, cf, cl, save_vae, torch_noise, uint8_mismatches, vae_config
 
-from ltx_mlx.models.vae_tiling import (SpatialTilingConfig, TemporalTilingConfig, TilingConfig, decode_tiles,
-                                       tiled_decode, tiled_encode)
-from ltx_mlx.models.video_vae import decode_video, load_video_decoder, load_video_encoder
+from ltx_mlx.models.vae_tiling import (SpatialTilingConfig, TemporalTilingConfig, TilingConfig, decode_tiles, tiled_decode, tiled_encode)
+from ltx_mlx.models.video_vae import decode_video
+from loading import load_official
 
 # 41 frames of 96x128 px (latent 6x3x4) with 64 px / 32 px and 24 / 8 frame tiles: 3 x 2 x 3 = 18 tiles.
 TILE = dict(spatial=(64, 32), temporal=(24, 8))
@@ -40,7 +40,7 @@ class CountingDecoder:
 def test_tiled_decode_parity(tmp_path, version, overrides):
     config = vae_config(version, **overrides)
     enc, dec = build_reference(config, seed=11)
-    ours = load_video_decoder(save_vae(tmp_path / "v.safetensors", config, enc, dec))
+    ours = load_official(save_vae(tmp_path / "v.safetensors", config, enc, dec), "video_decoder")
     z = torch.randn(1, 8, 6, 3, 4, generator=torch.Generator().manual_seed(4))
     our_tiling, ref_tiling = tilings()
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_tile_shapes_follow_the_reference_split():
 def test_tiled_encode_parity(tmp_path):
     config = vae_config("2.3")
     enc, dec = build_reference(config, seed=5)
-    ours = load_video_encoder(save_vae(tmp_path / "v.safetensors", config, enc, dec))
+    ours = load_official(save_vae(tmp_path / "v.safetensors", config, enc, dec), "video_encoder")
     x = torch.rand(1, 3, 25, 128, 192, generator=torch.Generator().manual_seed(3)) * 2 - 1
     our_tiling, ref_tiling = tilings((128, 64), (24, 16))
     with torch.no_grad():
@@ -94,7 +94,7 @@ def test_tiled_encode_parity(tmp_path):
 def test_tiled_encode_avoids_the_reference_division_by_zero(tmp_path):
     config = vae_config("2.3")
     enc, dec = build_reference(config)
-    ours = load_video_encoder(save_vae(tmp_path / "v.safetensors", config, enc, dec))
+    ours = load_official(save_vae(tmp_path / "v.safetensors", config, enc, dec), "video_encoder")
     x = torch.zeros(1, 3, 33, 64, 64)
     our_tiling, ref_tiling = tilings((64, 0), (16, 0))
     with pytest.raises(ZeroDivisionError), torch.no_grad():

@@ -12,8 +12,8 @@ from test_audio_mel import slaney_mel_filterbank
 
 from ltx_core.model.audio_vae import VocoderConfigurator, VocoderWithBWE as RefVocoderWithBWE
 from ltx_mlx.weights.checkpoint import CheckpointError, parameter_shapes
-from ltx_mlx.models.vocoder import (ConvTranspose1d, Vocoder, VocoderConfig, VocoderWithBWE, _sin_squared,
-                                    build_vocoder, conv1d_valid, load_vocoder, sanitize)
+from ltx_mlx.models.vocoder import (ConvTranspose1d, Vocoder, VocoderConfig, VocoderWithBWE, _sin_squared, build_vocoder, conv1d_valid, sanitize)
+from loading import load_official
 
 V1 = {"vocoder": {"resblock": "1", "stereo": True, "upsample_initial_channel": 32, "upsample_rates": [6, 5, 2, 2, 2],
                   "upsample_kernel_sizes": [16, 15, 8, 4, 4], "resblock_kernel_sizes": [3, 7, 11],
@@ -71,7 +71,7 @@ def write_checkpoint(path, config, seed=0):
 def test_vocoder_parity(tmp_path, name):
     config = CONFIGS[name]
     ref = write_checkpoint(tmp_path / "ltx.safetensors", config)
-    ours = load_vocoder(tmp_path / "ltx.safetensors")
+    ours = load_official(tmp_path / "ltx.safetensors", "vocoder")
     assert type(ours) is (VocoderWithBWE if "bwe" in config["vocoder"] else Vocoder)
     mel = torch.randn(2, 2, 21, 64, generator=torch.Generator().manual_seed(1)) - 2
     with torch.no_grad():
@@ -164,7 +164,7 @@ def test_full_size_keys_and_shapes(name, config, millions):
 
 def test_bad_inputs_and_files(tmp_path):
     write_checkpoint(tmp_path / "ltx.safetensors", V1)
-    voc = load_vocoder(tmp_path / "ltx.safetensors")
+    voc = load_official(tmp_path / "ltx.safetensors", "vocoder")
     for shape in ((1, 2, 10, 80), (1, 10, 64), (1, 1, 10, 64)):
         with pytest.raises(ValueError, match=r"stereo log-mel of shape \(batch, 2, frames, 64\)"):
             voc(mx.zeros(shape))
@@ -172,8 +172,8 @@ def test_bad_inputs_and_files(tmp_path):
     tensors = {"vocoder." + k: v for k, v in ref.state_dict().items() if "resblocks.14" not in k}
     save_official_checkpoint(tmp_path / "cut.safetensors", tensors, V1)
     with pytest.raises(CheckpointError, match="missing: resblocks.14"):
-        load_vocoder(tmp_path / "cut.safetensors")
+        load_official(tmp_path / "cut.safetensors", "vocoder")
     save_official_checkpoint(tmp_path / "other.safetensors", {"vocoder." + k: v for k, v in ref.state_dict().items()},
                              V2)
     with pytest.raises(CheckpointError, match="vocoder"):
-        load_vocoder(tmp_path / "other.safetensors")
+        load_official(tmp_path / "other.safetensors", "vocoder")

@@ -36,7 +36,8 @@ class PathAndStrength(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convert.py", description="Convert official LTX-2 / LTX-2.3 files into an MLX "
                                 "model folder. Every input may also be a Hugging Face repo id (owner/name/file).")
-    p.add_argument("--checkpoint-path", required=True, help="official single-file checkpoint (.safetensors)")
+    p.add_argument("--checkpoint-path", help="official single-file checkpoint (.safetensors); may be left out to "
+                   "convert only the other inputs (e.g. a Gemma folder or an upsampler)")
     p.add_argument("--gemma-root", help="Gemma-3 folder (google/gemma-3-12b-it-qat-q4_0-unquantized)")
     p.add_argument("--spatial-upsampler-path", action="append", default=[], help="spatial latent upsampler (repeatable)")
     p.add_argument("--temporal-upsampler-path", action="append", default=[], help="temporal latent upsampler")

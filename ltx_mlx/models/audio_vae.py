@@ -13,7 +13,6 @@ from dataclasses import dataclass, fields
 import mlx.core as mx
 import mlx.nn as nn
 
-from ltx_mlx.weights.checkpoint import SafetensorsFile, load_strict, read_prefixed
 
 ENCODER_PREFIX = "audio_vae.encoder."
 DECODER_PREFIX = "audio_vae.decoder."
@@ -348,29 +347,3 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
             w = mx.contiguous(w.transpose(0, 2, 3, 1))
         out[key] = w
     return out
-
-
-def _open(path) -> SafetensorsFile:
-    return path if isinstance(path, SafetensorsFile) else SafetensorsFile(path)
-
-
-def _load(path, cls, prefix: str, component: str, dtype):
-    sf = _open(path)
-    cfg = AudioVAEConfig.from_dict(sf.config().get("audio_vae", {}))
-    weights = read_prefixed(sf, prefix, dtype)
-    stats = read_prefixed(sf, STATISTICS_PREFIX, dtype)
-    weights.update({"per_channel_statistics." + k: v for k, v in stats.items()})
-    model = cls(cfg)
-    load_strict(model, sanitize(weights), component)
-    model.eval()
-    return model
-
-
-def load_audio_encoder(path, dtype: mx.Dtype = mx.float32) -> AudioEncoder:
-    """The audio VAE encoder of an official LTX-2 / LTX-2.3 checkpoint (path or open SafetensorsFile)."""
-    return _load(path, AudioEncoder, ENCODER_PREFIX, "audio encoder", dtype)
-
-
-def load_audio_decoder(path, dtype: mx.Dtype = mx.float32) -> AudioDecoder:
-    """The audio VAE decoder of an official LTX-2 / LTX-2.3 checkpoint (path or open SafetensorsFile)."""
-    return _load(path, AudioDecoder, DECODER_PREFIX, "audio decoder", dtype)

@@ -8,17 +8,13 @@ pads included, exactly as HF uses them for the reference's left-padded prompts.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..weights.checkpoint import CheckpointError, SafetensorsFile, load_strict
 from .activations import gelu_tanh
 
 # Key layouts of Hugging Face Gemma-3 folders: multimodal (transformers < 4.52 and >= 4.52) and text-only.
@@ -90,33 +86,6 @@ def rope_type(rope_scaling: dict | None) -> str:
     if kind not in ("default", "linear"):
         raise ValueError(f"Gemma config: rope_scaling type {kind!r} is not supported (Gemma-3 uses 'linear')")
     return kind
-
-
-def read_gemma_config(folder: str | os.PathLike) -> Gemma3Config:
-    """The text config of a Hugging Face Gemma-3 folder (multimodal `gemma3` or text-only `gemma3_text`)."""
-    path = Path(folder) / "config.json"
-    if not Path(folder).is_dir():
-        raise CheckpointError(f"Gemma folder not found: {folder}")
-    if not path.is_file():
-        raise CheckpointError(f"{folder} has no config.json: pass the Hugging Face folder of Gemma-3 "
-                              "(e.g. google/gemma-3-12b-it-qat-q4_0-unquantized)")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-    model_type = d.get("model_type")
-    if model_type == "gemma3":
-        text = dict(d.get("text_config") or {})
-    elif model_type == "gemma3_text":
-        text = d
-    else:
-        raise CheckpointError(f"{folder} holds a {model_type!r} model, not Gemma-3 (model_type 'gemma3' or "
-                              "'gemma3_text'); LTX-2 needs google/gemma-3-12b-it-qat-q4_0-unquantized")
-    if text.get("model_type", "gemma3_text") != "gemma3_text":
-        raise CheckpointError(f"{path}: text_config.model_type is {text.get('model_type')!r}, not 'gemma3_text'")
-    if "quantization" in d:
-        text["quantization"] = d["quantization"]
-    return Gemma3Config.from_dict(text)
 
 
 class RMSNorm(nn.Module):
@@ -277,72 +246,3 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
         if name is not None:
             out[name] = value
     return out
-
-
-def weight_files(folder: str | os.PathLike) -> list[Path]:
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index} is not a valid safetensors index ({e}); re-download it") from None
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise CheckpointError(f"{folder}: shards listed in model.safetensors.index.json are missing: "
-                                  f"{', '.join(missing)}; finish the download")
-        return [folder / n for n in names]
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{folder} has no *.safetensors weights: download the Gemma-3 weights into it")
-    return files
-
-
-def _quantize_like_file(model: nn.Module, cfg: Gemma3Config, weights: dict[str, mx.array]):
-    """mlx-lm style: quantize exactly the layers that come with `.scales`, with the config's settings."""
-    q = cfg.quantization or {}
-    if not any(k.endswith(".scales") for k in weights):
-        return
-    if "bits" not in q or "group_size" not in q:
-        raise CheckpointError("the Gemma weights are quantized (.scales tensors) but config.json has no "
-                              "'quantization' {'group_size', 'bits'} entry")
-
-    def predicate(path, module):
-        if f"{path}.scales" not in weights:
-            return False
-        for prefix in ("",) + GEMMA_PREFIXES:
-            override = q.get(prefix + path)
-            if isinstance(override, dict):
-                return override
-        return True
-
-    nn.quantize(model, group_size=q["group_size"], bits=q["bits"], mode=q.get("mode", "affine"),
-                class_predicate=predicate)
-
-
-def quantize_gemma(model: Gemma3TextModel, bits: int = 4, group_size: int = 64, mode: str = "affine") -> dict:
-    """Quantize every Linear and the embedding in place; returns the config entry to save with the weights."""
-    nn.quantize(model, group_size=group_size, bits=bits, mode=mode)
-    plain = [name for name, m in model.named_modules() if type(m) in (nn.Linear, nn.Embedding)]
-    if plain:
-        raise ValueError(f"Gemma quantization left layers unquantized: {plain[:5]}")
-    model.config.quantization = {"group_size": group_size, "bits": bits, "mode": mode}
-    return dict(model.config.quantization)
-
-
-def load_gemma(folder: str | os.PathLike, dtype: mx.Dtype = mx.float32) -> Gemma3TextModel:
-    """Load the Gemma-3 text model from a Hugging Face folder (config.json + safetensors, sharded or not)."""
-    cfg = read_gemma_config(folder)
-    weights = {}
-    for path in weight_files(folder):
-        sf = SafetensorsFile(path)
-        for key in sf.keys():
-            name = route_key(key)
-            if name is None:
-                continue
-            value = sf.get(key)
-            weights[name] = value.astype(dtype) if mx.issubdtype(value.dtype, mx.floating) else value
-    model = Gemma3TextModel(cfg)
-    _quantize_like_file(model, cfg, weights)
-    load_strict(model, weights, f"Gemma-3 text model ({folder})")
-    return model

@@ -8,14 +8,12 @@ The weights live in the official LTX checkpoint under `text_embedding_projection
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..weights.checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
 from .transformer import FeedForward  # the connectors' feed-forward is the DiT's
 
 FEATURE_EXTRACTOR_PREFIX = "text_embedding_projection."
@@ -36,11 +34,11 @@ def feature_extractor_version(transformer: dict) -> int:
     if not present:
         return 1
     if present != V2_KEYS.keys():
-        raise CheckpointError("checkpoint config: partial V2 text-projection config, missing "
+        raise ValueError("checkpoint config: partial V2 text-projection config, missing "
                               + ", ".join(sorted(V2_KEYS.keys() - present)))
     wrong = [f"{k}={transformer[k]!r} (expected {v!r})" for k, v in V2_KEYS.items() if transformer[k] != v]
     if wrong:
-        raise CheckpointError("checkpoint config: unsupported text-projection variant: " + ", ".join(wrong))
+        raise ValueError("checkpoint config: unsupported text-projection variant: " + ", ".join(wrong))
     return 2
 
 
@@ -65,7 +63,7 @@ class ConnectorConfig:
 
         rope = t.get("rope_type", "interleaved")
         if rope not in ("interleaved", "split"):
-            raise CheckpointError(f"checkpoint config: unknown rope_type {rope!r}")
+            raise ValueError(f"checkpoint config: unknown rope_type {rope!r}")
         return cls(num_attention_heads=get("num_attention_heads", 30), attention_head_dim=get("attention_head_dim", 128),
                    num_layers=get("num_layers", 2),
                    positional_embedding_max_pos=list(t.get("connector_positional_embedding_max_pos", [1])),
@@ -311,49 +309,3 @@ def route_key(key: str) -> str | None:
         if key.startswith(prefix):
             return ours + key[len(prefix):]
     return None
-
-
-def read_weights(sf: SafetensorsFile, dtype: mx.Dtype | None = None) -> dict[str, mx.array]:
-    """The text projection's tensors of an official file, under our module names (feature_extractor., *_connector.)."""
-    out = {}
-    for prefix in PREFIXES.values():
-        out.update({route_key(prefix + k): v for k, v in read_prefixed(sf, prefix, dtype).items()})
-    return out
-
-
-def transformer_config(sf: SafetensorsFile) -> dict:
-    transformer = sf.config().get("transformer")
-    if not transformer:
-        raise CheckpointError(f"{sf.path} has no metadata config['transformer']: not an official LTX-2/LTX-2.3 file")
-    return transformer
-
-
-def load_text_projection(path: str | os.PathLike | SafetensorsFile, dtype: mx.Dtype = mx.float32,
-                         gemma_config=None) -> TextProjection:
-    """Feature extractor + connectors from an official LTX-2 / LTX-2.3 checkpoint.
-
-    The Gemma dims come from `gemma_config` (hidden_size, num_hidden_layers); without it, from the
-    transformer config's `caption_channels` and the projection weight's width.
-    """
-    sf = path if isinstance(path, SafetensorsFile) else SafetensorsFile(path)
-    transformer = transformer_config(sf)
-    weights = sanitize(read_weights(sf, dtype))
-    version = feature_extractor_version(transformer)
-    key = "feature_extractor." + ("aggregate_embed.weight" if version == 1 else "video_aggregate_embed.weight")
-    if key not in weights:
-        raise CheckpointError(f"{sf.path} has no {PREFIXES['feature_extractor.']}{key.split('.', 1)[1]}: "
-                              "the text projection is missing from this checkpoint")
-    width = weights[key].shape[1]
-    if gemma_config is not None:
-        D, L = gemma_config.hidden_size, gemma_config.num_hidden_layers + 1
-        if D * L != width:
-            raise CheckpointError(f"the checkpoint's text projection takes {width} features but this Gemma gives "
-                                  f"{D} x {L} = {D * L}: use the Gemma-3 model this LTX checkpoint was trained with")
-    else:
-        D = int(transformer.get("caption_channels", 0))
-        if D <= 0 or width % D:
-            raise CheckpointError(f"{sf.path}: cannot infer the Gemma hidden size (caption_channels={D}, projection "
-                                  f"width {width}); pass gemma_config")
-        L = width // D
-    model = TextProjection(TextProjectionConfig.from_dict(transformer, D, L))
-    return load_strict(model, weights, f"text projection ({sf.path})")

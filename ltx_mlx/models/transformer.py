@@ -16,7 +16,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..weights.checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
 from ..perturbations import Perturbations, PerturbationType
 from .activations import gelu_tanh, maybe_compile
 from .rope import ROPE_TYPES, RopeTable, apply_rope, rope_table
@@ -614,21 +613,3 @@ class X0Model(nn.Module):
 def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     """Reference-named, prefix-stripped tensors → this model's names (the layouts already agree)."""
     return dict(weights)
-
-
-def load_transformer(path_or_sf, dtype: mx.Dtype = mx.float32) -> LTXModel:
-    """The transformer of an official single-file checkpoint (path or open `SafetensorsFile`)."""
-    sf = path_or_sf if isinstance(path_or_sf, SafetensorsFile) else SafetensorsFile(path_or_sf)
-    full = sf.config()
-    if "transformer" not in full:
-        raise CheckpointError(f"{sf.path}: metadata config has no 'transformer' section; not an official "
-                              "LTX-2/LTX-2.3 checkpoint")
-    try:
-        config = TransformerConfig.from_dict(full["transformer"])
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{sf.path}: {e}") from None
-    model = LTXModel(config)
-    weights = sanitize(read_prefixed(sf, PREFIX, dtype, exclude=CONNECTOR_PREFIXES))
-    load_strict(model, weights, "transformer")
-    mx.eval(model.parameters())
-    return model

@@ -7,13 +7,11 @@ un-normalised latents; `upsample_video` wraps one between the VAE statistics' un
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, fields
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..weights.checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
 from .video_vae import depth_to_space
 
 PREFIX = ""  # upsampler files hold only the upsampler, unprefixed
@@ -173,16 +171,3 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
             w = w.transpose(0, *range(2, w.ndim), 1)  # Conv (O, I, *k) -> (O, *k, I)
         out[k] = w
     return out
-
-
-def load_upsampler(path: str | os.PathLike | SafetensorsFile, dtype: mx.Dtype = mx.float32) -> LatentUpsampler:
-    """A latent upsampler from its own official safetensors file (flat metadata config, unprefixed keys)."""
-    sf = path if isinstance(path, SafetensorsFile) else SafetensorsFile(path)
-    config = sf.config()
-    if not config or any(k in config for k in ("transformer", "vae")):
-        raise CheckpointError(f"{sf.path} is not a latent upsampler file: its metadata has no flat upsampler "
-                              "config (expected keys like mid_channels, spatial_upsample)")
-    model = LatentUpsampler(UpsamplerConfig.from_dict(config))
-    load_strict(model, sanitize(read_prefixed(sf, PREFIX, dtype)), "latent upsampler")
-    model.eval()
-    return model

@@ -7,7 +7,6 @@ shared per-channel statistics (the transformer works on normalised latents).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterator
 
@@ -15,7 +14,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..weights.checkpoint import CheckpointError, SafetensorsFile, load_strict, read_prefixed
 from .vae_tiling import TilingConfig, tiled_decode
 
 ENCODER_PREFIX = "vae.encoder."
@@ -509,38 +507,3 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
             w = w.reshape(-1)
         out[k] = w
     return out
-
-
-def _open(path) -> SafetensorsFile:
-    return path if isinstance(path, SafetensorsFile) else SafetensorsFile(path)
-
-
-def _vae_config(sf: SafetensorsFile) -> VideoVAEConfig:
-    config = sf.config()
-    if "vae" not in config:
-        raise CheckpointError(f"{sf.path}: metadata config has no 'vae' section; is this an LTX-2 / LTX-2.3 "
-                              "checkpoint with the video VAE?")
-    return VideoVAEConfig.from_dict(config["vae"])
-
-
-def _load(model: nn.Module, sf: SafetensorsFile, prefix: str, dtype: mx.Dtype, component: str) -> nn.Module:
-    weights = read_prefixed(sf, prefix, dtype)
-    if not weights:
-        raise CheckpointError(f"{sf.path} has no tensors under {prefix!r}: it does not contain the {component}")
-    stats = read_prefixed(sf, STATISTICS_PREFIX, dtype)
-    weights.update({"per_channel_statistics." + k: v for k, v in stats.items()})
-    load_strict(model, sanitize(weights), component)
-    model.eval()
-    return model
-
-
-def load_video_encoder(path: str | os.PathLike | SafetensorsFile, dtype: mx.Dtype = mx.float32) -> VideoEncoder:
-    """The video VAE encoder of an official LTX-2 / LTX-2.3 checkpoint (`vae.encoder.*` + shared statistics)."""
-    sf = _open(path)
-    return _load(VideoEncoder(_vae_config(sf)), sf, ENCODER_PREFIX, dtype, "video VAE encoder")
-
-
-def load_video_decoder(path: str | os.PathLike | SafetensorsFile, dtype: mx.Dtype = mx.float32) -> VideoDecoder:
-    """The video VAE decoder of an official LTX-2 / LTX-2.3 checkpoint (`vae.decoder.*` + shared statistics)."""
-    sf = _open(path)
-    return _load(VideoDecoder(_vae_config(sf)), sf, DECODER_PREFIX, dtype, "video VAE decoder")

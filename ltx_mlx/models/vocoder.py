@@ -18,7 +18,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ltx_mlx.weights.checkpoint import SafetensorsFile, load_strict, read_prefixed
 
 VOCODER_PREFIX = "vocoder."
 # The reference hard-wires conv_pre to 128 inputs: stereo × 64 mel bins.
@@ -440,12 +439,3 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
             w = mx.contiguous(w.transpose(0, 2, 1))
         out[key] = w
     return out
-
-
-def load_vocoder(path, dtype: mx.Dtype = mx.float32) -> Vocoder | VocoderWithBWE:
-    """The vocoder of an official LTX-2 / LTX-2.3 checkpoint (path or open SafetensorsFile)."""
-    sf = path if isinstance(path, SafetensorsFile) else SafetensorsFile(path)
-    model = build_vocoder(sf.config())
-    load_strict(model, sanitize(read_prefixed(sf, VOCODER_PREFIX, dtype)), "vocoder")
-    model.eval()
-    return model

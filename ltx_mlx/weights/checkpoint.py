@@ -13,11 +13,14 @@ import json
 import os
 import struct
 from functools import lru_cache
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
+
+from ..models.gemma3 import Gemma3Config
 
 
 class CheckpointError(ValueError):
@@ -202,3 +205,55 @@ def load_strict(model: nn.Module, weights: dict[str, mx.array], component: str) 
 def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Names and shapes of a model's parameters, without evaluating them (works at full size)."""
     return {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+
+
+# ---------------------------------------------------------------------------------------------- the Gemma folder
+
+
+def read_gemma_config(folder: str | os.PathLike) -> Gemma3Config:
+    """The text config of a Hugging Face Gemma-3 folder (multimodal `gemma3` or text-only `gemma3_text`)."""
+    path = Path(folder) / "config.json"
+    if not Path(folder).is_dir():
+        raise CheckpointError(f"Gemma folder not found: {folder}")
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no config.json: pass the Hugging Face folder of Gemma-3 "
+                              "(e.g. google/gemma-3-12b-it-qat-q4_0-unquantized)")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    model_type = d.get("model_type")
+    if model_type == "gemma3":
+        text = dict(d.get("text_config") or {})
+    elif model_type == "gemma3_text":
+        text = d
+    else:
+        raise CheckpointError(f"{folder} holds a {model_type!r} model, not Gemma-3 (model_type 'gemma3' or "
+                              "'gemma3_text'); LTX-2 needs google/gemma-3-12b-it-qat-q4_0-unquantized")
+    if text.get("model_type", "gemma3_text") != "gemma3_text":
+        raise CheckpointError(f"{path}: text_config.model_type is {text.get('model_type')!r}, not 'gemma3_text'")
+    if "quantization" in d:
+        text["quantization"] = d["quantization"]
+    try:
+        return Gemma3Config.from_dict(text)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({e}); re-download it") from None
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{folder}: shards listed in model.safetensors.index.json are missing: "
+                                  f"{', '.join(missing)}; finish the download")
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder} has no *.safetensors weights: download the Gemma-3 weights into it")
+    return files

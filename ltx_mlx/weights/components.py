@@ -1,30 +1,29 @@
-"""The components of an LTX model, as conversion writes them and loading rebuilds them.
+"""The one table of model components, which conversion and loading both read.
 
-Each component has a name (its folder in a converted model), the official keys that belong to it
-(`route`: official key → reference-named key, None for other keys), the `sanitize` of its model file,
-a `build` from the converted folder's config, and the layers quantization may touch.
+For each kind: where its tensors live in the official files (`route`: official key → reference-named key,
+None for keys of other components), the `sanitize` of its model file, how its model is built from the
+config stored with it in a converted folder (`build`), and which layers quantization may touch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 import mlx.nn as nn
 
+from ..models import audio_vae, gemma3, text_projection, transformer, upsampler, video_vae, vocoder
 from .checkpoint import CheckpointError
-from ..models import audio_vae, text_projection, transformer, upsampler, video_vae, vocoder
-from ..models.gemma3 import Gemma3Config, Gemma3TextModel
-from ..models.gemma3 import route_key as gemma_route
-from ..models.gemma3 import sanitize as gemma_sanitize
 from .quantize import decoder_layer_linears, transformer_block_linears
 
 
 @dataclass(frozen=True)
-class Component:
+class Kind:
     name: str
-    route: Callable[[str], str | None]
+    build: Callable[[dict], nn.Module]  # the component's stored config -> an untrained (lazy) model
     sanitize: Callable[[dict], dict]
+    route: Callable[[str], str | None]
     quantizable: Callable | None = None  # quantize_model's `select`; None: never quantized
 
 
@@ -47,27 +46,60 @@ def _vae_part(prefix: str, statistics: str):
     return route
 
 
-# Components of the official single-file checkpoint, in the order they are written.
-CHECKPOINT_COMPONENTS = (
-    Component("transformer", _strip(transformer.PREFIX, transformer.CONNECTOR_PREFIXES), transformer.sanitize,
-              transformer_block_linears),
-    Component("text_projection", text_projection.route_key, text_projection.sanitize),
-    Component("video_encoder", _vae_part(video_vae.ENCODER_PREFIX, video_vae.STATISTICS_PREFIX), video_vae.sanitize),
-    Component("video_decoder", _vae_part(video_vae.DECODER_PREFIX, video_vae.STATISTICS_PREFIX), video_vae.sanitize),
-    Component("audio_encoder", _vae_part(audio_vae.ENCODER_PREFIX, audio_vae.STATISTICS_PREFIX), audio_vae.sanitize),
-    Component("audio_decoder", _vae_part(audio_vae.DECODER_PREFIX, audio_vae.STATISTICS_PREFIX), audio_vae.sanitize),
-    Component("vocoder", _strip(vocoder.VOCODER_PREFIX), vocoder.sanitize),
-)
-# Gemma keys stay Hugging Face names until `sanitize` (which also drops the vision tower and LM head).
-GEMMA = Component("gemma", lambda key: key if gemma_route(key) is not None else None, gemma_sanitize,
-                  decoder_layer_linears)
-# The official checkpoint's config section each component is built from.
-CONFIG_SECTION = {"transformer": "transformer", "text_projection": "transformer", "video_encoder": "vae",
-                  "video_decoder": "vae", "audio_encoder": "audio_vae", "audio_decoder": "audio_vae",
-                  "vocoder": "vocoder"}
+def _text_projection(c: dict) -> nn.Module:
+    cfg = text_projection.TextProjectionConfig.from_dict(c["transformer"], c["embedding_dim"], c["num_states"])
+    # The reference ignores the config's register count; the stored tensors fix it (see `component_config`).
+    video_r, audio_r = c["registers"]
+    cfg = dataclasses.replace(
+        cfg, video_connector=dataclasses.replace(cfg.video_connector, num_learnable_registers=video_r),
+        audio_connector=dataclasses.replace(cfg.audio_connector, num_learnable_registers=audio_r))
+    return text_projection.TextProjection(cfg)
 
 
+def _vae(cls, config_cls):
+    return lambda c: cls(config_cls.from_dict(c))
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("transformer", lambda c: transformer.LTXModel(transformer.TransformerConfig.from_dict(c)),
+         transformer.sanitize, _strip(transformer.PREFIX, transformer.CONNECTOR_PREFIXES), transformer_block_linears),
+    Kind("text_projection", _text_projection, text_projection.sanitize, text_projection.route_key),
+    Kind("video_encoder", _vae(video_vae.VideoEncoder, video_vae.VideoVAEConfig), video_vae.sanitize,
+         _vae_part(video_vae.ENCODER_PREFIX, video_vae.STATISTICS_PREFIX)),
+    Kind("video_decoder", _vae(video_vae.VideoDecoder, video_vae.VideoVAEConfig), video_vae.sanitize,
+         _vae_part(video_vae.DECODER_PREFIX, video_vae.STATISTICS_PREFIX)),
+    Kind("audio_encoder", _vae(audio_vae.AudioEncoder, audio_vae.AudioVAEConfig), audio_vae.sanitize,
+         _vae_part(audio_vae.ENCODER_PREFIX, audio_vae.STATISTICS_PREFIX)),
+    Kind("audio_decoder", _vae(audio_vae.AudioDecoder, audio_vae.AudioVAEConfig), audio_vae.sanitize,
+         _vae_part(audio_vae.DECODER_PREFIX, audio_vae.STATISTICS_PREFIX)),
+    Kind("vocoder", lambda c: vocoder.build_vocoder({"vocoder": c}), vocoder.sanitize, _strip(vocoder.VOCODER_PREFIX)),
+    # Gemma keys stay Hugging Face names until `sanitize` (which also drops the vision tower and LM head).
+    Kind("gemma", lambda c: gemma3.Gemma3TextModel(gemma3.Gemma3Config.from_dict(c)), gemma3.sanitize,
+         lambda key: key if gemma3.route_key(key) is not None else None, decoder_layer_linears),
+    Kind("spatial_upsampler", lambda c: upsampler.LatentUpsampler(upsampler.UpsamplerConfig.from_dict(c)),
+         upsampler.sanitize, lambda key: key),
+    Kind("temporal_upsampler", lambda c: upsampler.LatentUpsampler(upsampler.UpsamplerConfig.from_dict(c)),
+         upsampler.sanitize, lambda key: key),
+)}
+
+# The components of an official single-file checkpoint, in the order they are written, with the section of its
+# metadata config that each one is built from.
+CHECKPOINT_KINDS = {"transformer": "transformer", "text_projection": "transformer", "video_encoder": "vae",
+                    "video_decoder": "vae", "audio_encoder": "audio_vae", "audio_decoder": "audio_vae",
+                    "vocoder": "vocoder"}
 UPSAMPLER_KINDS = ("spatial_upsampler", "temporal_upsampler")
+QUANTIZABLE = tuple(k.name for k in KINDS.values() if k.quantizable is not None)
+
+
+def build(kind: str, config: dict) -> nn.Module:
+    """An untrained (lazily initialised) model of `kind` from its stored config."""
+    if kind not in KINDS:
+        raise CheckpointError(f"unknown component kind {kind!r}; this folder was written by another ltx-mlx version: "
+                              "convert the model again")
+    try:
+        return KINDS[kind].build(config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{kind.replace('_', ' ')}: unsupported or invalid config ({e})") from None
 
 
 def upsampler_config(config: dict, kind: str, path: str) -> upsampler.UpsamplerConfig:
@@ -90,37 +122,3 @@ def upsampler_name(kind: str, cfg: upsampler.UpsamplerConfig) -> str:
     """Folder name: the kind and its factor, e.g. spatial_upsampler_x2, spatial_upsampler_x1.5."""
     scale = float(cfg.spatial_scale) if cfg.spatial_upsample and cfg.rational_resampler else 2.0
     return f"{kind}_x{scale:g}"
-
-
-UPSAMPLER = Component("upsampler", lambda key: key if key.startswith(upsampler.PREFIX) else None, upsampler.sanitize)
-
-
-def build(kind: str, config: dict, gemma_config: Gemma3Config | None = None,
-          text_dims: dict | None = None, upsampler_config: dict | None = None) -> nn.Module:
-    """An untrained (lazily initialised) component model; `config` is the official metadata config."""
-    section = CONFIG_SECTION.get(kind)
-    if section is not None and section not in config:
-        raise CheckpointError(f"the checkpoint's metadata config has no {section!r} section, which the "
-                              f"{kind.replace('_', ' ')} needs; this is not a complete LTX-2/LTX-2.3 checkpoint")
-    try:
-        if kind == "transformer":
-            return transformer.LTXModel(transformer.TransformerConfig.from_dict(config["transformer"]))
-        if kind == "text_projection":
-            cfg = text_projection.TextProjectionConfig.from_dict(
-                config["transformer"], text_dims["embedding_dim"], text_dims["num_states"])
-            return text_projection.TextProjection(cfg)
-        if kind in ("video_encoder", "video_decoder"):
-            cfg = video_vae.VideoVAEConfig.from_dict(config["vae"])
-            return (video_vae.VideoEncoder if kind == "video_encoder" else video_vae.VideoDecoder)(cfg)
-        if kind in ("audio_encoder", "audio_decoder"):
-            cfg = audio_vae.AudioVAEConfig.from_dict(config["audio_vae"])
-            return (audio_vae.AudioEncoder if kind == "audio_encoder" else audio_vae.AudioDecoder)(cfg)
-        if kind == "vocoder":
-            return vocoder.build_vocoder(config)
-        if kind == "gemma":
-            return Gemma3TextModel(gemma_config)
-        if kind in UPSAMPLER_KINDS:
-            return upsampler.LatentUpsampler(upsampler.UpsamplerConfig.from_dict(upsampler_config))
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{kind.replace('_', ' ')}: unsupported or invalid config ({e})") from None
-    raise ValueError(f"unknown component kind {kind!r}")

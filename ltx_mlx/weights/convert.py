@@ -16,6 +16,7 @@ Output (`config.json` + one subfolder per component, see `model_folder`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,24 +30,24 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
-from .checkpoint import CheckpointError, SafetensorsFile, load_strict
-from .components import CHECKPOINT_COMPONENTS, GEMMA, UPSAMPLER, Component, build, upsampler_config, upsampler_name
+from .checkpoint import CheckpointError, SafetensorsFile, load_strict, read_gemma_config, weight_files
+from .components import CHECKPOINT_KINDS, KINDS, QUANTIZABLE, Kind, build, upsampler_config, upsampler_name
 from .lora import LoRA, fuse_loras, read_lora
 from .folder import MAX_SHARD_BYTES, atomic_output_dir, ensure_free_space, resolve_path, write_component
-from ..models.gemma3 import read_gemma_config, weight_files
+
+from ..models import text_projection
 from ..models.text_projection import feature_extractor_version
 from .quantize import QuantizationPlan, quantize_model
 
 FORMAT = "mlx"
 CONFIG_NAME = "config.json"
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
-QUANTIZABLE = ("transformer", "gemma")
+FORMAT_VERSION = 2  # bumped whenever a converted folder from an older version can no longer be loaded
 # Gemma folder files that the tokenizer (and later tools) need, copied as they are.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "preprocessor_config.json", "processor_config.json", "chat_template.json",
                    "chat_template.jinja", "generation_config.json")
 _SCALES = (".weight_scale", ".input_scale")
-
 
 class StreamingFile(SafetensorsFile):
     """A `SafetensorsFile` that reads each tensor with a plain file read instead of a memory map,
@@ -61,7 +62,6 @@ class StreamingFile(SafetensorsFile):
             raise CheckpointError(f"{self.path} is truncated: tensor {key!r} ends past the end of the file")
         return np.frombuffer(data, dtype=np.uint8)
 
-
 @dataclass
 class Source:
     """One component's tensors in one file: (file key, reference-named key) pairs."""
@@ -69,19 +69,17 @@ class Source:
     sf: SafetensorsFile
     keys: list[tuple[str, str]]
 
-
 @dataclass
 class Job:
     """One component to write: where its tensors come from, the model they must fill, how to quantize."""
 
-    component: Component
-    entry: dict  # its config.json entry (kind, folder, quantization, …)
+    kind: Kind
+    entry: dict  # its config.json entry (kind, folder, the config its model is built from, quantization, …)
     sources: list[Source]
     model: nn.Module
     quantized: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # layer path -> (group, bits, mode)
     loras: list[LoRA] = field(default_factory=list)
     out_bytes: int = 0
-
 
 @dataclass
 class ConvertOptions:
@@ -92,7 +90,7 @@ class ConvertOptions:
     force: bool = False
     progress: bool = True
     max_shard_bytes: int = MAX_SHARD_BYTES
-
+    components: tuple[str, ...] | None = None  # convert only these of the checkpoint's components (None: all)
 
 def quantization_plans(bits: int = 4, group_size: int = 64, mode: str = "affine", components=QUANTIZABLE,
                        high_bits: int | None = None, edge_blocks: int = 0,
@@ -112,9 +110,7 @@ def quantization_plans(bits: int = 4, group_size: int = 64, mode: str = "affine"
         plans[name].validate()
     return plans
 
-
 # ---------------------------------------------------------------------------------------------- reading
-
 
 def official_tensor(sf: SafetensorsFile, key: str, dtype: mx.Dtype) -> mx.array:
     """One official tensor as the reference uses it: fp8 decoded, `weight_scale` folded in, cast to `dtype`."""
@@ -126,18 +122,15 @@ def official_tensor(sf: SafetensorsFile, key: str, dtype: mx.Dtype) -> mx.array:
         value = value.astype(dtype)
     return value
 
-
-def _routed(sf: SafetensorsFile, component: Component) -> Source:
-    keys = [(k, r) for k in sf.keys() if not k.endswith(_SCALES) and (r := component.route(k)) is not None]
+def _routed(sf: SafetensorsFile, kind: Kind) -> Source:
+    keys = [(k, r) for k in sf.keys() if not k.endswith(_SCALES) and (r := kind.route(k)) is not None]
     return Source(sf, keys)
-
 
 def _placeholder(sf: SafetensorsFile, key: str, dtype: mx.Dtype) -> mx.array:
     """A never-evaluated stand-in with the tensor's shape and converted dtype (for shape checks)."""
     st = sf.dtype(key)
     floating = st.startswith(("F", "BF"))
     return mx.zeros(sf.shape(key), dtype=dtype if floating else mx.int32)
-
 
 def _quantize_tensor(key: str, value: mx.array, quantized: dict) -> list[tuple[str, mx.array]]:
     """A Linear weight as `nn.quantize` leaves it (weight, scales[, biases]); anything else unchanged."""
@@ -151,10 +144,8 @@ def _quantize_tensor(key: str, value: mx.array, quantized: dict) -> list[tuple[s
         out.append((path + ".biases", packed[2]))
     return out
 
-
 def _lora_subset(loras: list[LoRA], module: str) -> list[LoRA]:
     return [LoRA(lr.path, lr.strength, {module: lr.pairs[module]}) for lr in loras if module in lr.pairs]
-
 
 def _fused(job: Job, ref_key: str, value: mx.array) -> mx.array:
     hits = _lora_subset(job.loras, ref_key[: -len(".weight")]) if ref_key.endswith(".weight") else []
@@ -164,11 +155,10 @@ def _fused(job: Job, ref_key: str, value: mx.array) -> mx.array:
     fuse_loras(one, hits)
     return one[ref_key]
 
-
 def converted_tensors(job: Job, dtype: mx.Dtype, placeholders: bool = False) -> Iterator[tuple[str, mx.array]]:
     """The component's tensors in our layout, one source tensor at a time: read (or a shape-only placeholder),
     fuse LoRAs, sanitize, quantize. Source keys are reference names, so LoRAs fuse before any renaming."""
-    if job.component.name == "gemma" and dtype == mx.float16:
+    if job.kind.name == "gemma" and dtype == mx.float16:
         dtype = mx.bfloat16  # Gemma-3's activations overflow float16 (inf/NaN prompts): it stays bfloat16
     for source in job.sources:
         for key, ref_key in source.keys:
@@ -176,9 +166,8 @@ def converted_tensors(job: Job, dtype: mx.Dtype, placeholders: bool = False) -> 
                 value = _placeholder(source.sf, key, dtype)
             else:
                 value = _fused(job, ref_key, official_tensor(source.sf, key, dtype))
-            for name, v in job.component.sanitize({ref_key: value}).items():
+            for name, v in job.kind.sanitize({ref_key: value}).items():
                 yield from _quantize_tensor(name, v, job.quantized)
-
 
 def _stream(job: Job, dtype: mx.Dtype, bar: tqdm, shard_bytes: int) -> Iterator[tuple[str, mx.array]]:
     """Evaluated tensors for `write_component`; the freed buffers of each written shard go back to the system."""
@@ -192,19 +181,16 @@ def _stream(job: Job, dtype: mx.Dtype, bar: tqdm, shard_bytes: int) -> Iterator[
             mx.clear_cache()
             pending = 0
 
-
 # ---------------------------------------------------------------------------------------------- planning
-
 
 def _quantize_job(job: Job, plan: QuantizationPlan | None):
     """Choose the quantized layers exactly as `quantize_model` does, on the (lazy) model itself."""
     if plan is None:
         return
-    plan = quantize_model(job.model, plan, job.component.quantizable)
+    plan = quantize_model(job.model, plan, job.kind.quantizable)
     job.quantized = {p: (m.group_size, m.bits, m.mode) for p, m in job.model.named_modules()
                      if isinstance(m, nn.QuantizedLinear)}
     job.entry["quantization"] = plan.as_config()
-
 
 def _check_job(job: Job, dtype: mx.Dtype) -> dict[str, tuple]:
     """Strict key/shape check of the whole component against its model, before anything is read or written."""
@@ -212,7 +198,6 @@ def _check_job(job: Job, dtype: mx.Dtype) -> dict[str, tuple]:
     load_strict(job.model, weights, job.entry["folder"].replace("_", " "))
     job.out_bytes = sum(v.nbytes for v in weights.values())
     return {k: tuple(v.shape) for k, v in weights.items()}
-
 
 def _check_loras(loras: list[LoRA], dense_shapes: dict[str, tuple]) -> list[str]:
     """LoRA modules must fit the transformer; returns those that match nothing (the reference ignores them)."""
@@ -230,7 +215,6 @@ def _check_loras(loras: list[LoRA], dense_shapes: dict[str, tuple]) -> list[str]
         raise CheckpointError(f"none of the LoRA modules exist in this transformer: is it a LoRA for another model? "
                               f"(first: {unmatched[0]})")
     return unmatched
-
 
 def _text_dims(sf: SafetensorsFile, config: dict, gemma_cfg) -> dict:
     """Gemma's hidden size and number of hidden states, which fix the text projection's input width."""
@@ -253,7 +237,6 @@ def _text_dims(sf: SafetensorsFile, config: dict, gemma_cfg) -> dict:
         L = width // D
     return {"embedding_dim": D, "num_states": L}
 
-
 def resolve_file(path: str, what: str) -> str:
     """A local file, or `owner/name/file` from the hub; a bare repo id would download a whole repository."""
     if not os.path.exists(path) and len(path.strip("/").split("/")) == 2 and not path.startswith((".", "/", "~")):
@@ -264,7 +247,6 @@ def resolve_file(path: str, what: str) -> str:
         raise ValueError(f"{what} {path!r} is a folder; pass the .safetensors file")
     return resolved
 
-
 def read_checkpoint(path: str) -> tuple[SafetensorsFile, dict, str | None]:
     """The official file, its metadata config and model_version, with clear errors for anything else."""
     sf = StreamingFile(path)
@@ -272,37 +254,60 @@ def read_checkpoint(path: str) -> tuple[SafetensorsFile, dict, str | None]:
     if not config:
         raise CheckpointError(f"{sf.path} has no metadata 'config': it is not an official LTX-2/LTX-2.3 single-file "
                               "checkpoint (or it was re-saved without its metadata); use the original file")
-    if "transformer" not in config:
-        raise CheckpointError(f"{sf.path}: the metadata config has no 'transformer' section "
-                              f"(sections: {sorted(config)}); it is not an LTX-2/LTX-2.3 checkpoint")
+    if not set(config) & set(CHECKPOINT_KINDS.values()):
+        raise CheckpointError(f"{sf.path}: the metadata config has none of the sections transformer, vae, audio_vae, "
+                              f"vocoder (it has: {sorted(config)}); it is not an LTX-2/LTX-2.3 checkpoint")
     version = sf.metadata.get("model_version")
     if version is not None and not str(version).startswith("2."):
         raise CheckpointError(f"{sf.path}: model_version {version!r} is not LTX-2 (2.x) or LTX-2.3 (2.3.x); "
                               "this converter only handles LTX-2 family checkpoints")
     return sf, config, version
 
+def _registers(sf: SafetensorsFile, config: dict) -> list[int]:
+    """Learnable registers per connector: the reference builds 128 whatever the config says; a stored tensor
+    fixes the number (and a file without one fails the strict check against 128)."""
+    counts = []
+    for prefix in (text_projection.VIDEO_CONNECTOR_PREFIX, text_projection.AUDIO_CONNECTOR_PREFIX):
+        key = prefix + "learnable_registers"
+        counts.append(sf.shape(key)[0] if key in sf else 128)
+    return counts
 
-def _checkpoint_jobs(sf: SafetensorsFile, config: dict, gemma_cfg) -> list[Job]:
+def component_config(kind: str, sf: SafetensorsFile, config: dict, gemma_cfg) -> dict:
+    """The config a checkpoint component's model is built from (stored with it in the converted folder)."""
+    section = CHECKPOINT_KINDS[kind]
+    if section not in config:
+        raise CheckpointError(f"{sf.path}: the metadata config has no {section!r} section, which the "
+                              f"{kind.replace('_', ' ')} needs; this is not a complete LTX-2/LTX-2.3 checkpoint")
+    if kind == "text_projection":
+        return {"transformer": config["transformer"], **_text_dims(sf, config, gemma_cfg),
+                "registers": _registers(sf, config)}
+    return config[section]
+
+def _checkpoint_jobs(sf: SafetensorsFile, config: dict, gemma_cfg, only: tuple[str, ...] | None) -> list[Job]:
+    unknown = set(only or ()) - set(CHECKPOINT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown checkpoint components {sorted(unknown)}; choose from {', '.join(CHECKPOINT_KINDS)}")
     jobs = []
-    text_dims = None
-    for component in CHECKPOINT_COMPONENTS:
-        source = _routed(sf, component)
-        if not source.keys:
+    for name in CHECKPOINT_KINDS:
+        if only is not None and name not in only:
             continue
-        entry = {"kind": component.name, "folder": component.name}
-        if component.name == "text_projection":
-            text_dims = entry["dims"] = _text_dims(sf, config, gemma_cfg)
-        jobs.append(Job(component, entry, [source], build(component.name, config, text_dims=text_dims)))
-    if not any(j.component.name == "transformer" for j in jobs):
-        raise CheckpointError(f"{sf.path} holds no transformer weights (model.diffusion_model.*): "
-                              "not an LTX-2/LTX-2.3 checkpoint")
+        kind = KINDS[name]
+        source = _routed(sf, kind)
+        if not source.keys:
+            if only is not None:
+                raise CheckpointError(f"{sf.path} holds no {name.replace('_', ' ')} weights")
+            continue
+        cfg = component_config(name, sf, config, gemma_cfg)
+        jobs.append(Job(kind, {"kind": name, "folder": name, "config": cfg}, [source], build(name, cfg)))
+    if not jobs:
+        raise CheckpointError(f"{sf.path} holds no LTX model weights (model.diffusion_model.*, vae.*, audio_vae.*, "
+                              "vocoder.*): not an LTX-2/LTX-2.3 checkpoint")
     return jobs
-
 
 def _gemma_job(gemma_root: str) -> Job:
     folder = Path(gemma_root)
     cfg = read_gemma_config(folder)
-    sources = [_routed(StreamingFile(p), GEMMA) for p in weight_files(folder)]
+    sources = [_routed(StreamingFile(p), KINDS["gemma"]) for p in weight_files(folder)]
     if not any(s.keys for s in sources):
         raise CheckpointError(f"{folder} holds no Gemma language-model weights")
     if any(k.endswith(".scales") for s in sources for k, _ in s.keys):
@@ -311,27 +316,24 @@ def _gemma_job(gemma_root: str) -> Job:
     if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
         raise CheckpointError(f"{folder} has no Gemma tokenizer (tokenizer.json or tokenizer.model): download the "
                               "tokenizer files of google/gemma-3-12b-it-qat-q4_0-unquantized into it")
-    entry = {"kind": "gemma", "folder": "gemma"}
-    return Job(GEMMA, entry, sources, build("gemma", {}, gemma_config=cfg))
-
+    stored = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "quantization"}
+    entry = {"kind": "gemma", "folder": "gemma", "config": stored}
+    return Job(KINDS["gemma"], entry, sources, build("gemma", stored))
 
 def _upsampler_job(path: str, kind: str) -> Job:
     sf = StreamingFile(path)
     config = sf.config()
     name = upsampler_name(kind, upsampler_config(config, kind, sf.path))
     entry = {"kind": kind, "folder": name, "config": config, "source": os.path.basename(sf.path)}
-    return Job(UPSAMPLER, entry, [_routed(sf, UPSAMPLER)], build(kind, {}, upsampler_config=config))
-
+    return Job(KINDS[kind], entry, [_routed(sf, KINDS[kind])], build(kind, config))
 
 # ---------------------------------------------------------------------------------------------- writing
-
 
 def _write_lora(folder: Path, lora: LoRA):
     tensors = []
     for module, (a, b) in sorted(lora.pairs.items()):
         tensors += [(module + ".lora_A.weight", a), (module + ".lora_B.weight", b)]
     write_component(folder, tensors)
-
 
 def _copy_gemma_files(src: Path, dst: Path, plan_config: dict | None):
     dst.mkdir(parents=True, exist_ok=True)
@@ -344,14 +346,13 @@ def _copy_gemma_files(src: Path, dst: Path, plan_config: dict | None):
         config["quantization"] = plan_config
     (dst / "config.json").write_text(json.dumps(config, indent=1))
 
-
 @dataclass
 class Conversion:
     """Everything a conversion will write, checked and sized, before anything is written."""
 
     config: dict
     model_version: str | None
-    source: str
+    source: str | None  # the official checkpoint, when one was given
     jobs: list[Job]
     loras: list[LoRA]
     distilled: LoRA | None
@@ -363,45 +364,56 @@ class Conversion:
         lora = sum(a.nbytes + b.nbytes for a, b in self.distilled.pairs.values()) if self.distilled else 0
         return sum(j.out_bytes for j in self.jobs) + lora
 
-
-def plan_conversion(checkpoint_path: str, gemma_root: str | None = None,
+def plan_conversion(checkpoint_path: str | None = None, gemma_root: str | None = None,
                     spatial_upsampler_paths: tuple[str, ...] = (), temporal_upsampler_paths: tuple[str, ...] = (),
                     options: ConvertOptions | None = None) -> Conversion:
     """Open every input, build each component's model lazily, choose the quantized layers and check every
-    tensor's converted name and shape against the model — reading headers only, no weights."""
+    tensor's converted name and shape against the model — reading headers only, no weights.
+
+    Any subset of the inputs may be given (e.g. only a Gemma folder, or a checkpoint that holds only the VAE);
+    the folder then holds just those components."""
     opts = options or ConvertOptions()
     if opts.dtype not in DTYPES:
         raise ValueError(f"dtype {opts.dtype!r} is not one of {', '.join(DTYPES)}")
     unknown = set(opts.quantize) - set(QUANTIZABLE)
     if unknown:
         raise ValueError(f"cannot quantize {sorted(unknown)}: only {', '.join(QUANTIZABLE)} are quantizable")
+    if not (checkpoint_path or gemma_root or spatial_upsampler_paths or temporal_upsampler_paths):
+        raise ValueError("nothing to convert: give the official checkpoint (--checkpoint-path), the Gemma folder "
+                         "(--gemma-root) or an upsampler file")
     dtype = DTYPES[opts.dtype]
-    sf, config, version = read_checkpoint(resolve_file(checkpoint_path, "the checkpoint"))
+    sf = config = version = None
+    if checkpoint_path:
+        sf, config, version = read_checkpoint(resolve_file(checkpoint_path, "the checkpoint"))
     gemma_folder = Path(resolve_path(gemma_root)) if gemma_root else None
     gemma_job = _gemma_job(str(gemma_folder)) if gemma_folder else None
-    jobs = _checkpoint_jobs(sf, config, gemma_job.model.config if gemma_job else None)
+    jobs = (_checkpoint_jobs(sf, config, gemma_job.model.config if gemma_job else None, opts.components)
+            if sf is not None else [])
     jobs += [gemma_job] if gemma_job else []
     for kind, paths in (("spatial_upsampler", spatial_upsampler_paths), ("temporal_upsampler", temporal_upsampler_paths)):
         jobs += [_upsampler_job(resolve_file(p, f"the {kind.replace('_', ' ')}"), kind) for p in paths]
     names = [j.entry["folder"] for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"two inputs convert to the same component folder ({names}); pass each upsampler once")
+    has_transformer = any(j.kind.name == "transformer" for j in jobs)
+    if (opts.loras or opts.distilled_lora) and not has_transformer:
+        raise ValueError("LoRAs apply to the transformer, and these inputs hold none: pass the official checkpoint")
 
     loras = [read_lora(resolve_file(p, "the LoRA"), s) for p, s in opts.loras]
     distilled = (read_lora(resolve_file(opts.distilled_lora[0], "the distilled LoRA"), opts.distilled_lora[1])
                  if opts.distilled_lora else None)
     unmatched = []
     for job in jobs:
-        if job.component.name == "transformer":
+        if job.kind.name == "transformer":
             job.loras = loras
             dense = _check_job(job, dtype)
             unmatched = _check_loras(loras + ([distilled] if distilled else []), dense)
-        plan = opts.quantize.get(job.component.name)
-        if plan is not None or job.component.name != "transformer":
+        plan = opts.quantize.get(job.kind.name)
+        if plan is not None or job.kind.name != "transformer":
             _quantize_job(job, plan)
             _check_job(job, dtype)
-    return Conversion(config, version, sf.path, jobs, loras, distilled, unmatched, gemma_folder)
-
+    return Conversion(config or {}, version, sf.path if sf is not None else None, jobs, loras, distilled, unmatched,
+                      gemma_folder)
 
 def write_conversion(conv: Conversion, mlx_path: str, options: ConvertOptions | None = None) -> Path:
     """Stream a planned conversion into `mlx_path` (a temporary folder renamed at the end)."""
@@ -420,7 +432,7 @@ def write_conversion(conv: Conversion, mlx_path: str, options: ConvertOptions | 
                             opts.max_shard_bytes)
             job.model = None  # the lazy model graph is no longer needed
         bar.close()
-        gemma = next((j for j in conv.jobs if j.component.name == "gemma"), None)
+        gemma = next((j for j in conv.jobs if j.kind.name == "gemma"), None)
         if gemma is not None:
             _copy_gemma_files(conv.gemma_folder, tmp / "gemma", gemma.entry.get("quantization"))
         if conv.distilled is not None:
@@ -428,8 +440,7 @@ def write_conversion(conv: Conversion, mlx_path: str, options: ConvertOptions | 
         (tmp / CONFIG_NAME).write_text(json.dumps(_folder_config(conv, opts), indent=1))
     return out
 
-
-def convert(checkpoint_path: str, mlx_path: str, gemma_root: str | None = None,
+def convert(checkpoint_path: str | None, mlx_path: str, gemma_root: str | None = None,
             spatial_upsampler_paths: tuple[str, ...] = (), temporal_upsampler_paths: tuple[str, ...] = (),
             options: ConvertOptions | None = None) -> Path:
     """Convert an official checkpoint (+ Gemma folder, upsamplers, LoRAs) into an MLX model folder.
@@ -444,13 +455,11 @@ def convert(checkpoint_path: str, mlx_path: str, gemma_root: str | None = None,
     conv = plan_conversion(checkpoint_path, gemma_root, spatial_upsampler_paths, temporal_upsampler_paths, opts)
     return write_conversion(conv, mlx_path, opts)
 
-
 def _lora_record(lora: LoRA) -> dict:
     record = {"source": os.path.basename(lora.path), "strength": lora.strength}
     if "reference_downscale_factor" in lora.metadata:
         record["reference_downscale_factor"] = lora.reference_downscale_factor
     return record
-
 
 def _folder_config(conv: Conversion, opts: ConvertOptions) -> dict:
     components = {}
@@ -464,6 +473,7 @@ def _folder_config(conv: Conversion, opts: ConvertOptions) -> dict:
         components["distilled_lora"] = {"kind": "lora", "folder": "distilled_lora", **_lora_record(conv.distilled)}
     return {
         "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "ltx_mlx_version": __version__,
         "model_version": conv.model_version,
         "dtype": opts.dtype,
@@ -471,5 +481,6 @@ def _folder_config(conv: Conversion, opts: ConvertOptions) -> dict:
         "components": components,
         "quantization": quantization,
         "fused_loras": [_lora_record(lr) for lr in conv.loras],
-        "source": {"checkpoint": os.path.basename(conv.source), "bytes": os.path.getsize(conv.source)},
+        "source": ({"checkpoint": os.path.basename(conv.source), "bytes": os.path.getsize(conv.source)}
+                   if conv.source else None),
     }

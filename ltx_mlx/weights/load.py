@@ -22,11 +22,11 @@ import mlx.nn as nn
 
 from .checkpoint import CheckpointError, load_strict
 from .components import build
-from .convert import CONFIG_NAME, FORMAT, ConvertOptions, convert, quantization_plans
+from .convert import CONFIG_NAME, FORMAT, FORMAT_VERSION, ConvertOptions, convert, quantization_plans
 from .lora import LoRA, fuse_loras, read_lora
 from .folder import read_component, resolve_path
-from ..models.gemma3 import read_gemma_config
 from .quantize import QuantizationPlan, quantize_like_saved
+from ..models.gemma3 import Gemma3Config
 
 LoRASpec = LoRA | str | os.PathLike | tuple
 
@@ -81,6 +81,10 @@ class LTXModelBundle:
         if self.config.get("format") != FORMAT or "components" not in self.config:
             raise CheckpointError(f"{path} is not an ltx-mlx model config (format {self.config.get('format')!r}); "
                                   "convert the model with convert.py")
+        if self.config.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{self.folder} was converted by another ltx-mlx version (folder format "
+                                  f"{self.config.get('format_version', 1)}, this version reads {FORMAT_VERSION}); "
+                                  "convert the official checkpoint again")
         self.loras = [as_lora(x) for x in loras]
         self._loaded: dict[tuple, nn.Module] = {}
 
@@ -112,9 +116,7 @@ class LTXModelBundle:
         kind = entry["kind"]
         if kind == "lora":
             raise ValueError(f"{name} is a LoRA, not a model: use distilled_lora()")
-        gemma_cfg = read_gemma_config(self.folder / entry["folder"]) if kind == "gemma" else None
-        model = build(kind, self.config["config"], gemma_config=gemma_cfg, text_dims=entry.get("dims"),
-                      upsampler_config=entry.get("config"))
+        model = build(kind, entry["config"])
         weights = read_component(self.folder / entry["folder"])
         qconfig = self.config.get("quantization", {}).get(name)
         quantize_like_saved(model, weights, qconfig)
@@ -182,14 +184,20 @@ class LTXModelBundle:
     def tokenizer(self, max_length: int | None = None):
         from ..text_encoder import MAX_LENGTH, PromptTokenizer
 
-        folder = self.folder / self._entry("gemma")["folder"]
-        return PromptTokenizer(folder, max_length or MAX_LENGTH, gemma_config=read_gemma_config(folder))
+        entry = self._entry("gemma")
+        return PromptTokenizer(self.folder / entry["folder"], max_length or MAX_LENGTH,
+                               gemma_config=Gemma3Config.from_dict(entry["config"]))
 
     def text_encoder(self, max_length: int | None = None):
         """Tokenizer + Gemma + text projection. Gemma is not cached here, so the encoder's `free_gemma` really
         frees it; the projection is built when first used, so it need not share memory with Gemma."""
-        from ..text_encoder import TextEncoder
+        from ..text_encoder import MAX_LENGTH, TextEncoder
 
+        max_length = max_length or MAX_LENGTH
+        for R in self._entry("text_projection")["config"]["registers"]:
+            if max_length % R:
+                raise ValueError(f"max_length {max_length} must be a multiple of the connector's {R} registers "
+                                 f"(the reference uses {MAX_LENGTH})")
         return TextEncoder(self.load_component("gemma"), self.tokenizer(max_length), self.text_projection)
 
     def distilled_lora(self, strength: float | None = None) -> LoRA:
