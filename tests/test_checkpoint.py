@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ltx_mlx.weights.checkpoint import (CheckpointError, SafetensorsFile, load_strict, read_model_config, read_prefixed)
+from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, load_strict, official_tensor
+from ltx_mlx.weights.convert import read_checkpoint
 
 
 def test_dtypes_decode_like_torch(tmp_path):
@@ -35,21 +36,22 @@ def test_fp8_weight_scales_are_folded(tmp_path):
     scale = torch.tensor(0.37)
     save_file({"m.a.weight": w, "m.a.weight_scale": scale, "m.a.input_scale": torch.tensor(1.5),
                "m.a.bias": torch.ones(4), "other.weight": torch.ones(2)}, str(tmp_path / "q.safetensors"))
-    got = read_prefixed(SafetensorsFile(tmp_path / "q.safetensors"), "m.")
-    assert set(got) == {"a.weight", "a.bias"}
-    np.testing.assert_allclose(np.array(got["a.weight"]), w.float().numpy() * 0.37, rtol=1e-6)
+    sf = SafetensorsFile(tmp_path / "q.safetensors")
+    got = official_tensor(sf, "m.a.weight", mx.float32)
+    np.testing.assert_allclose(np.array(got), w.float().numpy() * 0.37, rtol=1e-6)
+    np.testing.assert_array_equal(np.array(official_tensor(sf, "m.a.bias", mx.float32)), np.ones(4))
 
 
 def test_metadata_and_bad_files(tmp_path):
     ok = tmp_path / "ok.safetensors"
     save_file({"a": torch.zeros(3)}, str(ok), metadata={"config": json.dumps({"transformer": {"x": 1}}),
                                                        "model_version": "2.3.0"})
-    assert read_model_config(ok) == ({"transformer": {"x": 1}}, "2.3.0")
+    assert read_checkpoint(str(ok))[1:] == ({"transformer": {"x": 1}}, "2.3.0")
 
     bare = tmp_path / "bare.safetensors"
     save_file({"a": torch.zeros(3)}, str(bare))
     with pytest.raises(CheckpointError, match="no metadata 'config'"):
-        read_model_config(bare)
+        read_checkpoint(str(bare))
     with pytest.raises(CheckpointError, match="not found"):
         SafetensorsFile(tmp_path / "missing.safetensors")
 

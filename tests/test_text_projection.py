@@ -12,7 +12,7 @@ from ltx_core.text_encoders.gemma.encoders.encoder_configurator import (EMBEDDIN
 from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV1, FeatureExtractorV2
 
 from ltx_mlx.weights.checkpoint import CheckpointError, parameter_shapes
-from ltx_mlx.models.text_projection import PREFIXES, TextProjection, TextProjectionConfig, route_key, sanitize
+from ltx_mlx.models.text_projection import PREFIXES, TextProjection, TextProjectionConfig, route_key
 from reference import assert_parity, randomize_, rel_err, save_official_checkpoint, to_mx
 from loading import load_official
 from text_fixtures import save_gemma_folder, tiny_gemma
@@ -103,6 +103,27 @@ def test_projection_matches_reference(tmp_path, version, rope_type, precision):
     errs["processor audio"] = assert_parity(audio, ref.audio_encoding)
     np.testing.assert_array_equal(np.array(ctx_mask), ref.attention_mask.numpy())
     print(f"V{version} {rope_type}/{precision}: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+
+
+@pytest.mark.parametrize("registers", [64, None])
+def test_register_count_comes_from_the_tensor_not_the_config(tmp_path, registers):
+    """The reference builds 128 learnable registers whatever `connector_num_learnable_registers` says (or
+    without it); the stored tensor, not the key, fixes the number, and the result matches the reference."""
+    t = tiny_transformer_config(2)
+    if registers is None:
+        del t["connector_num_learnable_registers"]
+    else:
+        t["connector_num_learnable_registers"] = registers
+    proc = reference_processor(t, seed=9)
+    assert proc.video_connector.learnable_registers.shape[0] == 128
+    ours = save_and_load(tmp_path, proc, t, 2)
+    assert ours.video_connector.learnable_registers.shape[0] == ours.audio_connector.learnable_registers.shape[0] == 128
+    hs, mask = hidden_states(1)
+    with torch.no_grad():
+        ref = proc.process_hidden_states(hs, mask)
+    video, audio, _ = ours([to_mx(h) for h in hs], to_mx(mask).astype(mx.int32))
+    assert_parity(video, ref.video_encoding, what="video context")
+    assert_parity(audio, ref.audio_encoding, what="audio context")
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -198,7 +219,7 @@ def test_full_size_keys_and_shapes(name, t):
         head, rest = k.split(".", 1)
         official[PREFIXES[head + "."] + rest] = _Shape(v.shape)
         assert EMBEDDINGS_PROCESSOR_KEY_OPS.apply_to_key(PREFIXES[head + "."] + rest) == k
-    ours_from_file = sanitize({route_key(k): v for k, v in official.items()})
+    ours_from_file = {route_key(k): v for k, v in official.items()}  # the names need no change
     cfg = TextProjectionConfig.from_dict(t, 3840, 48 + 1)  # Gemma-3-12B: hidden 3840, 48 layers + embeddings
     shapes = parameter_shapes(TextProjection(cfg))
     assert {k: v.shape for k, v in ours_from_file.items()} == shapes

@@ -298,11 +298,6 @@ class TextProjection(nn.Module):
         return video, audio, mx.ones(mask.shape, dtype=mx.int32)
 
 
-def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    """Reference (EmbeddingsProcessor) names -> ours: identical; Linear layouts need no change."""
-    return dict(weights)
-
-
 def route_key(key: str) -> str | None:
     """Our name for an official checkpoint key of the text projection; None for every other key."""
     for ours, prefix in PREFIXES.items():

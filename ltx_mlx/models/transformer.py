@@ -608,8 +608,3 @@ class X0Model(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- loading
-
-
-def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    """Reference-named, prefix-stripped tensors → this model's names (the layouts already agree)."""
-    return dict(weights)

@@ -138,41 +138,20 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: metadata 'config' is not valid JSON ({e})") from None
 
 
-def read_model_config(path: str | os.PathLike) -> tuple[dict, str | None]:
-    """(config, model_version) of an official LTX-2 / LTX-2.3 single-file checkpoint."""
-    sf = SafetensorsFile(path)
-    config = sf.config()
-    if not config:
-        raise CheckpointError(f"{sf.path} has no metadata 'config': it is not an official LTX-2/LTX-2.3 "
-                              "single-file checkpoint (or it was re-saved without metadata)")
-    return config, sf.metadata.get("model_version")
-
-
 def is_ltx_2_3(model_version: str | None) -> bool:
     """The reference's pipeline-default switch: metadata model_version starting with '2.3'."""
     return bool(model_version) and model_version.startswith("2.3")
 
 
-def read_prefixed(sf: SafetensorsFile, prefix: str, dtype: mx.Dtype | None = None,
-                  exclude: tuple[str, ...] = ()) -> dict[str, mx.array]:
-    """Every tensor under `prefix` (stripped), except those under any of `exclude` (full-key prefixes).
-
-    fp8 weights that come with a per-tensor `<name>.weight_scale` are dequantised (W·scale);
-    `weight_scale` / `input_scale` entries are consumed here and never reach a model.
-    """
-    keys = [k for k in sf.keys() if k.startswith(prefix) and not k.startswith(exclude)]
-    out = {}
-    for key in keys:
-        if key.endswith((".weight_scale", ".input_scale")):
-            continue
-        value = sf.get(key)
-        scale_key = key[: -len("weight")] + "weight_scale" if key.endswith(".weight") else None
-        if scale_key and scale_key in sf:
-            value = value.astype(mx.float32) * sf.get(scale_key, mx.float32)
-        if dtype is not None:
-            value = value.astype(dtype)
-        out[key[len(prefix):]] = value
-    return out
+def official_tensor(sf: SafetensorsFile, key: str, dtype: mx.Dtype) -> mx.array:
+    """One official tensor as the reference uses it: fp8 decoded, `weight_scale` folded in, cast to `dtype`."""
+    value = sf.get(key)
+    scale_key = key[: -len("weight")] + "weight_scale" if key.endswith(".weight") else None
+    if scale_key and scale_key in sf:
+        value = value.astype(mx.float32) * sf.get(scale_key, mx.float32)
+    if mx.issubdtype(value.dtype, mx.floating):
+        value = value.astype(dtype)
+    return value
 
 
 def _listing(items, limit=12) -> str:

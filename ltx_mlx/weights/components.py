@@ -22,9 +22,12 @@ from .quantize import decoder_layer_linears, transformer_block_linears
 class Kind:
     name: str
     build: Callable[[dict], nn.Module]  # the component's stored config -> an untrained (lazy) model
-    sanitize: Callable[[dict], dict]
+    sanitize: Callable[[dict], dict] | None  # reference names/layouts -> ours; None where they already agree
     route: Callable[[str], str | None]
     quantizable: Callable | None = None  # quantize_model's `select`; None: never quantized
+
+    def convert(self, weights: dict) -> dict:
+        return self.sanitize(weights) if self.sanitize else dict(weights)
 
 
 def _strip(prefix: str, exclude: tuple[str, ...] = ()):
@@ -62,8 +65,8 @@ def _vae(cls, config_cls):
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("transformer", lambda c: transformer.LTXModel(transformer.TransformerConfig.from_dict(c)),
-         transformer.sanitize, _strip(transformer.PREFIX, transformer.CONNECTOR_PREFIXES), transformer_block_linears),
-    Kind("text_projection", _text_projection, text_projection.sanitize, text_projection.route_key),
+         None, _strip(transformer.PREFIX, transformer.CONNECTOR_PREFIXES), transformer_block_linears),
+    Kind("text_projection", _text_projection, None, text_projection.route_key),
     Kind("video_encoder", _vae(video_vae.VideoEncoder, video_vae.VideoVAEConfig), video_vae.sanitize,
          _vae_part(video_vae.ENCODER_PREFIX, video_vae.STATISTICS_PREFIX)),
     Kind("video_decoder", _vae(video_vae.VideoDecoder, video_vae.VideoVAEConfig), video_vae.sanitize,

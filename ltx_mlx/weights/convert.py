@@ -30,9 +30,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
-from .checkpoint import CheckpointError, SafetensorsFile, load_strict, read_gemma_config, weight_files
+from .checkpoint import CheckpointError, SafetensorsFile, load_strict, official_tensor, read_gemma_config, weight_files
 from .components import CHECKPOINT_KINDS, KINDS, QUANTIZABLE, Kind, build, upsampler_config, upsampler_name
-from .lora import LoRA, fuse_loras, read_lora
+from .lora import LoRA, check_loras, fuse_loras, read_lora
 from .folder import MAX_SHARD_BYTES, atomic_output_dir, ensure_free_space, resolve_path, write_component
 
 from ..models import text_projection
@@ -112,16 +112,6 @@ def quantization_plans(bits: int = 4, group_size: int = 64, mode: str = "affine"
 
 # ---------------------------------------------------------------------------------------------- reading
 
-def official_tensor(sf: SafetensorsFile, key: str, dtype: mx.Dtype) -> mx.array:
-    """One official tensor as the reference uses it: fp8 decoded, `weight_scale` folded in, cast to `dtype`."""
-    value = sf.get(key)
-    scale_key = key[: -len("weight")] + "weight_scale" if key.endswith(".weight") else None
-    if scale_key and scale_key in sf:
-        value = value.astype(mx.float32) * sf.get(scale_key, mx.float32)
-    if mx.issubdtype(value.dtype, mx.floating):
-        value = value.astype(dtype)
-    return value
-
 def _routed(sf: SafetensorsFile, kind: Kind) -> Source:
     keys = [(k, r) for k in sf.keys() if not k.endswith(_SCALES) and (r := kind.route(k)) is not None]
     return Source(sf, keys)
@@ -166,7 +156,7 @@ def converted_tensors(job: Job, dtype: mx.Dtype, placeholders: bool = False) -> 
                 value = _placeholder(source.sf, key, dtype)
             else:
                 value = _fused(job, ref_key, official_tensor(source.sf, key, dtype))
-            for name, v in job.kind.sanitize({ref_key: value}).items():
+            for name, v in job.kind.convert({ref_key: value}).items():
                 yield from _quantize_tensor(name, v, job.quantized)
 
 def _stream(job: Job, dtype: mx.Dtype, bar: tqdm, shard_bytes: int) -> Iterator[tuple[str, mx.array]]:
@@ -198,23 +188,6 @@ def _check_job(job: Job, dtype: mx.Dtype) -> dict[str, tuple]:
     load_strict(job.model, weights, job.entry["folder"].replace("_", " "))
     job.out_bytes = sum(v.nbytes for v in weights.values())
     return {k: tuple(v.shape) for k, v in weights.items()}
-
-def _check_loras(loras: list[LoRA], dense_shapes: dict[str, tuple]) -> list[str]:
-    """LoRA modules must fit the transformer; returns those that match nothing (the reference ignores them)."""
-    unmatched = []
-    for lora in loras:
-        for module, (a, b) in lora.pairs.items():
-            shape = dense_shapes.get(module + ".weight")
-            if shape is None:
-                unmatched.append(f"{os.path.basename(lora.path)}: {module}")
-            elif (b.shape[0], a.shape[1]) != shape:
-                raise CheckpointError(f"LoRA {lora.path} does not fit this model: {module} is {shape} in the model "
-                                      f"but {(b.shape[0], a.shape[1])} in the LoRA. Is it made for the other model "
-                                      "version (LTX-2 vs LTX-2.3)?")
-    if loras and len(unmatched) == sum(len(lr.pairs) for lr in loras):
-        raise CheckpointError(f"none of the LoRA modules exist in this transformer: is it a LoRA for another model? "
-                              f"(first: {unmatched[0]})")
-    return unmatched
 
 def _text_dims(sf: SafetensorsFile, config: dict, gemma_cfg) -> dict:
     """Gemma's hidden size and number of hidden states, which fix the text projection's input width."""
@@ -407,7 +380,8 @@ def plan_conversion(checkpoint_path: str | None = None, gemma_root: str | None =
         if job.kind.name == "transformer":
             job.loras = loras
             dense = _check_job(job, dtype)
-            unmatched = _check_loras(loras + ([distilled] if distilled else []), dense)
+            unmatched = check_loras(loras + ([distilled] if distilled else []),
+                                    {k[: -len('.weight')]: v for k, v in dense.items() if k.endswith('.weight')})
         plan = opts.quantize.get(job.kind.name)
         if plan is not None or job.kind.name != "transformer":
             _quantize_job(job, plan)

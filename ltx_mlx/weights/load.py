@@ -23,7 +23,7 @@ import mlx.nn as nn
 from .checkpoint import CheckpointError, load_strict
 from .components import build
 from .convert import CONFIG_NAME, FORMAT, FORMAT_VERSION, ConvertOptions, convert, quantization_plans
-from .lora import LoRA, fuse_loras, read_lora
+from .lora import LoRA, logical_shape, check_loras, fuse_loras, read_lora
 from .folder import read_component, resolve_path
 from .quantize import QuantizationPlan, quantize_like_saved
 from ..models.gemma3 import Gemma3Config
@@ -52,11 +52,9 @@ def _lora_layer_settings(qconfig: dict | None, module: str) -> dict | None:
 
 def fuse_into(weights: dict[str, mx.array], loras: list[LoRA], qconfig: dict | None) -> list[str]:
     """Fuse LoRAs into converted transformer weights (dense or quantized, each layer with its own settings)."""
-    unmatched = [f"{os.path.basename(lr.path)}: {m}" for lr in loras for m in lr.pairs if m + ".weight" not in weights]
-    if loras and len(unmatched) == sum(len(lr.pairs) for lr in loras):
-        raise CheckpointError("none of the LoRA modules exist in this transformer: is it a LoRA for another model? "
-                              f"(first: {unmatched[0]})")
     modules = sorted({m for lr in loras for m in lr.pairs if m + ".weight" in weights})
+    shapes = {m: logical_shape(weights, m, _lora_layer_settings(qconfig, m)) for m in modules}
+    unmatched = check_loras(loras, shapes)
     for module in modules:
         hits = [LoRA(lr.path, lr.strength, {module: lr.pairs[module]}) for lr in loras if module in lr.pairs]
         part = {k: weights[k] for k in (module + s for s in (".weight", ".scales", ".biases")) if k in weights}

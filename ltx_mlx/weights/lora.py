@@ -65,40 +65,46 @@ def _delta(lora: LoRA, module: str, dtype: mx.Dtype) -> mx.array:
     return mx.matmul(b.astype(mx.float32), a.astype(mx.float32)).astype(dtype)
 
 
+def check_loras(loras: list[LoRA], shapes: dict[str, tuple[int, int]]) -> list[str]:
+    """The one check of LoRAs against a model: `shapes` maps each Linear module to its (out, in).
+
+    A module of another shape means a LoRA for a different model (e.g. LTX-2 vs LTX-2.3): an error. Returns
+    the modules that match no layer ("file: module"); when nothing matches at all, that is an error too."""
+    unmatched = []
+    for lora in loras:
+        for module, (a, b) in lora.pairs.items():
+            shape = shapes.get(module)
+            if shape is None:
+                unmatched.append(f"{os.path.basename(lora.path)}: {module}")
+            elif (b.shape[0], a.shape[1]) != tuple(shape):
+                raise CheckpointError(
+                    f"LoRA {lora.path} does not fit this model: {module} is {tuple(shape)} in the model but "
+                    f"{(b.shape[0], a.shape[1])} in the LoRA. Is it made for the other model version (LTX-2 vs LTX-2.3)?")
+    if loras and len(unmatched) == sum(len(lr.pairs) for lr in loras):
+        raise CheckpointError("none of the LoRA modules exist in this model: is it a LoRA for another model? "
+                              f"(first: {unmatched[0]})")
+    return unmatched
+
+
 def fuse_loras(weights: dict[str, mx.array], loras: list[LoRA], quantization: dict | None = None) -> list[str]:
     """Fuse `loras` into `weights` (transformer keys, reference names) in place.
 
     `quantization` ({group_size, bits, mode}) applies to weights that come with `.scales`.
-    Returns the LoRA modules that matched no weight of this model. A LoRA whose module matches a
-    weight of another shape is for a different model (e.g. LTX-2 vs LTX-2.3) and is an error.
+    Returns the LoRA modules that matched no weight (see `check_loras`).
     """
-    unmatched = []
-    touched: dict[str, list[LoRA]] = {}
-    for lora in loras:
-        for module, (a, b) in lora.pairs.items():
-            key = module + ".weight"
-            if key not in weights:
-                unmatched.append(f"{os.path.basename(lora.path)}: {module}")
-                continue
-            shape = _logical_shape(weights, module, quantization)
-            if (b.shape[0], a.shape[1]) != shape:
-                raise CheckpointError(
-                    f"LoRA {lora.path} does not fit this model: {module} is {shape} in the model but "
-                    f"{(b.shape[0], a.shape[1])} in the LoRA. Is it made for the other model version (LTX-2 vs LTX-2.3)?")
-            touched.setdefault(module, []).append(lora)
-    if loras and len(unmatched) == sum(len(lr.pairs) for lr in loras):
-        raise CheckpointError("none of the LoRA modules exist in this model: is it a LoRA for another model? "
-                              f"(first: {unmatched[0]})")
-    for module, hits in touched.items():
-        key = module + ".weight"
+    modules = {m for lr in loras for m in lr.pairs if m + ".weight" in weights}
+    unmatched = check_loras(loras, {m: logical_shape(weights, m, quantization) for m in modules})
+    for module in sorted(modules):
+        hits = [lora for lora in loras if module in lora.pairs]
         if module + ".scales" in weights:
             _fuse_quantized(weights, module, hits, quantization)
         else:
-            _fuse_dense(weights, key, hits)
+            _fuse_dense(weights, module + ".weight", hits)
     return unmatched
 
 
-def _logical_shape(weights, module, quantization) -> tuple[int, int]:
+def logical_shape(weights, module: str, quantization: dict | None) -> tuple[int, int]:
+    """(out, in) of a Linear weight as stored: dense, or MLX-quantized with `quantization`'s bits."""
     w = weights[module + ".weight"]
     if module + ".scales" not in weights:
         return tuple(w.shape)
