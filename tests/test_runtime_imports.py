@@ -29,7 +29,8 @@ if "--no-torch" in sys.argv:  # as if torch were not installed: `import torch` f
 from ltx_mlx.cli.generate import main
 for argv in sys.argv[2:]:
     assert main(json.loads(argv)) == 0, argv
-json.dump(sorted(m for m, v in sys.modules.items() if v is not None), open(sys.argv[1], "w"))
+json.dump({"modules": sorted(m for m, v in sys.modules.items() if v is not None),
+           "ltx_mlx": sys.modules["ltx_mlx"].__file__}, open(sys.argv[1], "w"))
 """
 
 
@@ -62,13 +63,17 @@ def runs(tmp_path_factory):
 def run_child(tmp: Path, commands: list, *flags: str) -> tuple[list, subprocess.CompletedProcess]:
     out = tmp / f"modules{''.join(flags)}.json"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONWARNINGS")}
+    for cmd in commands:
+        Path(cmd[cmd.index("--output-path") + 1]).unlink(missing_ok=True)
     proc = subprocess.run([sys.executable, "-c", CHILD, *flags, str(out), *map(json.dumps, commands)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for cmd in commands:
         with av.open(cmd[cmd.index("--output-path") + 1]) as c:
             assert len(c.streams.video) == len(c.streams.audio) == 1
-    return json.loads(out.read_text()), proc
+    found = json.loads(out.read_text())
+    assert Path(found["ltx_mlx"]).is_relative_to(ROOT)  # this checkout's package, not an installed one
+    return found["modules"], proc
 
 
 def test_generation_imports_neither_torch_nor_transformers(runs):
