@@ -37,7 +37,11 @@ def _sinc_taps(orig: int, new: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def resample(waveform: mx.array, orig_rate: int, new_rate: int) -> mx.array:
-    """Band-limited (Hann-windowed sinc) resampling along the last axis; output length ceil(N · new / orig)."""
+    """Band-limited (Hann-windowed sinc) resampling along the last axis; output length ceil(N · new / orig).
+
+    The ceiling is taken of N · new / orig rounded to float32, as torchaudio does: past a few seconds at
+    44.1 kHz that rounding sometimes lands on the integer below, and the reference's output is one sample shorter.
+    """
     if int(orig_rate) != orig_rate or int(new_rate) != new_rate or orig_rate <= 0 or new_rate <= 0:
         raise ValueError(f"sample rates must be positive integers, got {orig_rate} → {new_rate}")
     if orig_rate == new_rate:
@@ -46,7 +50,7 @@ def resample(waveform: mx.array, orig_rate: int, new_rate: int) -> mx.array:
     orig, new = int(orig_rate) // g, int(new_rate) // g
     offset, taps, width = _sinc_taps(orig, new)
     lead, N = waveform.shape[:-1], waveform.shape[-1]
-    n_out = -(-new * N // orig)
+    n_out = math.ceil(np.float32(new * N / orig))
     frames = -(-n_out // new)
     x = mx.pad(waveform.reshape(-1, N).astype(mx.float32), [(0, 0), (width, width + 1)])
     centre = (np.arange(frames)[:, None] * orig + offset[None, :]).reshape(-1)[:n_out] + width

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from reference import assert_parity, randomize_, rel_err, save_official_checkpoint, to_mx, to_np
-from test_audio_mel import slaney_mel_filterbank
+from mel_reference import slaney_mel_filterbank
 
 from ltx_core.model.audio_vae import VocoderConfigurator, VocoderWithBWE as RefVocoderWithBWE
 from ltx_mlx.weights.checkpoint import CheckpointError, parameter_shapes
