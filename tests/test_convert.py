@@ -20,7 +20,7 @@ from convert_fixtures import (UPSAMPLERS, VERSIONS, component_outputs, official_
 from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile
 from ltx_mlx.cli.convert import main
 from ltx_mlx.weights.folder import INDEX_NAME
-from ltx_mlx.text_encoder import PromptTokenizer
+from ltx_mlx.weights.tokenizer import PromptTokenizer
 from reference import save_official_checkpoint
 from loading import load_gemma, load_official, load_upsampler
 

@@ -17,7 +17,7 @@ from ltx_mlx.weights.checkpoint import CheckpointError, parameter_shapes
 from ltx_mlx.convert import quantization_plans
 from ltx_mlx.models.gemma3 import Gemma3Config, Gemma3TextModel, sanitize
 from ltx_mlx.weights.checkpoint import read_gemma_config
-from ltx_mlx.text_encoder import PromptTokenizer
+from ltx_mlx.weights.tokenizer import PromptTokenizer
 from reference import assert_parity, to_np
 from text_fixtures import TINY_TEXT, hf_hidden_states, save_gemma_folder, tiny_gemma
 from loading import load_gemma

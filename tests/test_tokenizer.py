@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ltx_core.text_encoders.gemma.tokenizer import LTXVGemmaTokenizer
-from ltx_mlx.text_encoder import PromptTokenizer
+from ltx_mlx.weights.tokenizer import PromptTokenizer
 from ltx_mlx.weights.checkpoint import CheckpointError
 from text_fixtures import write_tokenizer
 from tokenizer_fixtures import CORPUS, VARIANTS, copy_without_tokenizer_json, write_gemma_tokenizer

@@ -38,13 +38,14 @@ from .folder import MAX_SHARD_BYTES, atomic_output_dir, ensure_free_space, resol
 from ..models import text_projection
 from ..models.text_projection import feature_extractor_version
 from .quantize import QuantizationPlan, quantize_model
+from .tokenizer import PromptTokenizer
 
 FORMAT = "mlx"
 CONFIG_NAME = "config.json"
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 FORMAT_VERSION = 2  # bumped whenever a converted folder from an older version can no longer be loaded
 # Gemma folder files that the tokenizer (and later tools) need, copied as they are.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "preprocessor_config.json", "processor_config.json", "chat_template.json",
                    "chat_template.jinja", "generation_config.json")
 _SCALES = (".weight_scale", ".input_scale")
@@ -286,9 +287,7 @@ def _gemma_job(gemma_root: str) -> Job:
     if any(k.endswith(".scales") for s in sources for k, _ in s.keys):
         raise CheckpointError(f"{folder} holds already-quantized (MLX) Gemma weights: pass the original Gemma-3 "
                               "folder (google/gemma-3-12b-it-qat-q4_0-unquantized) and quantize with -q")
-    if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
-        raise CheckpointError(f"{folder} has no Gemma tokenizer (tokenizer.json or tokenizer.model): download the "
-                              "tokenizer files of google/gemma-3-12b-it-qat-q4_0-unquantized into it")
+    PromptTokenizer(folder, gemma_config=cfg)  # an unreadable or mismatched tokenizer fails now, not at generation
     stored = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "quantization"}
     entry = {"kind": "gemma", "folder": "gemma", "config": stored}
     return Job(KINDS["gemma"], entry, sources, build("gemma", stored))

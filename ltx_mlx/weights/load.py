@@ -180,7 +180,8 @@ class LTXModelBundle:
         return names[0]
 
     def tokenizer(self, max_length: int | None = None):
-        from ..text_encoder import MAX_LENGTH, PromptTokenizer
+        from ..text_encoder import MAX_LENGTH
+        from .tokenizer import PromptTokenizer
 
         entry = self._entry("gemma")
         return PromptTokenizer(self.folder / entry["folder"], max_length or MAX_LENGTH,
