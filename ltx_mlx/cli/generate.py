@@ -18,26 +18,11 @@ import argparse
 import sys
 
 from ..pipelines.params import PIPELINES
+from .args import PathAndStrength
 
 DEFAULT_MODEL = "Lightricks/LTX-2.3/ltx-2.3-22b-distilled-1.1.safetensors"
 DEFAULT_GEMMA = "google/gemma-3-12b-it-qat-q4_0-unquantized"
 DEFAULT_SPATIAL_UPSAMPLER = "Lightricks/LTX-2.3/ltx-2.3-spatial-upscaler-x2-1.1.safetensors"
-
-
-class PathAndStrength(argparse.Action):
-    """`PATH [STRENGTH]`, strength 1.0 when omitted (as the official --lora)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) > 2:
-            raise argparse.ArgumentError(self, f"takes PATH and an optional STRENGTH, got {len(values)} values")
-        try:
-            item = (values[0], float(values[1]) if len(values) == 2 else 1.0)
-        except ValueError:
-            raise argparse.ArgumentError(self, f"STRENGTH must be a number, got {values[1]!r}") from None
-        if self.dest == "distilled_lora":
-            setattr(namespace, self.dest, item)
-        else:
-            setattr(namespace, self.dest, (getattr(namespace, self.dest) or []) + [item])
 
 
 class ImageArg(argparse.Action):
