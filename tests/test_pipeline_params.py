@@ -40,6 +40,8 @@ def test_which_pipelines_need_what():
     assert all(s.size_multiple == (64 if s.two_stage else 32) for s in p.values())
     with pytest.raises(TypeError):
         ours.PipelineSpec("x", "d", True, True, True)  # keywords only
+    # generate.py --help shows these descriptions: the LoRA-needing pipelines say so
+    assert all(("distilled LoRA" in s.description) == s.stage_2_distilled_lora for s in p.values() if s.guided)
 
 
 @pytest.mark.parametrize("version,blocks", [("2.3.0", [28]), (None, [29])])
