@@ -42,7 +42,7 @@ from ltx_mlx.text_encoder import TextContext
 from pipeline_fixtures import AUDIO_TOKEN_WIDTH, VIDEO_LATENT_CHANNELS, convert_folder, write_pipeline_checkpoints
 from reference import assert_parity
 
-TOL = 1e-4
+TOL = 5e-6  # measured <= 1.8e-6 x max|ref| over the distilled, guided, hq, a2v and retake stages
 H, W, FRAMES, FPS = 64, 128, 17, 24.0
 CONTEXT_TOKENS = 16
 
