@@ -160,11 +160,11 @@ def test_encode_and_decode_audio_match_the_reference(tmp_path):
     mel = AudioProcessor.from_config(encoder.config)(wav, 22050)
     with torch.no_grad():
         ref_latent = enc(torch.tensor(np.array(mel)))
-    assert_parity(latent, ref_latent, what="encode_audio")
+    assert_parity(latent, ref_latent, 5e-6, "encode_audio")  # measured 2.0e-6
 
     ours_wav, rate = decode_audio(latent, load_audio_decoder(vae_path), load_vocoder(voc_path))
     with torch.no_grad():
         ref = ref_decode_audio(ref_latent, dec, voc)
     assert rate == ref.sampling_rate == 48000 and ours_wav.dtype == mx.float32 and ours_wav.ndim == 2
-    err = assert_parity(ours_wav, ref.waveform, what="decode_audio")
+    err = assert_parity(ours_wav, ref.waveform, 1e-6, "decode_audio")  # measured 3.8e-7
     print(f"decode_audio (tiny VAE + BigVGAN/BWE): {tuple(ours_wav.shape)} @ {rate} Hz, rel err {err:.2e}")
