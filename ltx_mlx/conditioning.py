@@ -6,21 +6,19 @@ once a conditioning item asks for one, a self-attention mask `(B, T, T)` in [0, 
 Conditioning items only ever overwrite tokens of the target grid or append tokens after it, so
 `clear_conditioning` can truncate back to the target before unpatchifying.
 
-Video latents are channels-last `(B, F, H, W, C)` (the video VAE's layout); audio latents are the
-audio VAE's `(B, C, T, M)`.
+Latents are channels-last (see `latents.py`): video `(B, F, H, W, C)`, audio `(B, T, M, C)`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, NamedTuple, Sequence
+from typing import Sequence
 
 import mlx.core as mx
 import numpy as np
 
 from .latents import (VIDEO_SCALE_FACTORS, audio_positions, patchify_audio, patchify_video, unpatchify_audio,
                       unpatchify_video, video_latent_bounds, video_latent_shape, video_positions)
-from .media import DEFAULT_IMAGE_CRF, check_readable, load_image_conditioning
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,8 @@ class VideoLatentTools:
 
 @dataclass(frozen=True)
 class AudioLatentTools:
-    """The target audio grid `(B, C, T, M)`; positions in seconds (always float32, as the reference)."""
+    """The target audio grid, channels-last `(B, T, M, C)`; positions in seconds (always float32, as the
+    reference)."""
 
     batch: int
     channels: int
@@ -108,24 +107,25 @@ class AudioLatentTools:
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.channels, self.frames, self.mel_bins)
+        return (self.batch, self.frames, self.mel_bins, self.channels)
 
     @property
     def token_count(self) -> int:
         return self.frames
 
     def patchify(self, latent: mx.array) -> mx.array:
-        return patchify_audio(latent)
+        return patchify_audio(latent, channels_last=True)
 
     def unpatchify(self, tokens: mx.array) -> mx.array:
-        return unpatchify_audio(tokens, self.channels, self.mel_bins)
+        """Tokens `(B, T, C·M)` → channels-last latent `(B, T, M, C)`."""
+        return unpatchify_audio(tokens, self.channels, self.mel_bins, channels_last=True)
 
     def create_initial_state(self, dtype: mx.Dtype = mx.float32, initial_latent: mx.array | None = None) -> LatentState:
         if initial_latent is None:
             initial_latent = mx.zeros(self.latent_shape, dtype=dtype)
         elif tuple(initial_latent.shape) != self.latent_shape:
             raise ValueError(f"The initial audio latent has shape {tuple(initial_latent.shape)}, expected "
-                             f"{self.latent_shape} (B, C, T, M).")
+                             f"{self.latent_shape} (B, T, M, C).")
         tokens = self.patchify(initial_latent.astype(dtype))
         positions = audio_positions(self.batch, self.frames, self.sample_rate, self.hop_length, self.downsample,
                                     self.causal)
@@ -201,7 +201,7 @@ def update_attention_mask(state: LatentState, attention_mask, num_noisy: int, nu
 # Conditioning items (reference: conditioning/types/*.py, ltx_pipelines/retake.py)
 
 
-def _check_strength(strength: float) -> float:
+def check_strength(strength: float) -> float:
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"Conditioning strength must be in [0, 1] (1 keeps the image clean), got {strength}.")
     return strength
@@ -234,7 +234,7 @@ class VideoConditionByLatentIndex:
     has several frames) in the latent and the clean latent; their mask becomes `1 − strength`."""
 
     def __init__(self, latent: mx.array, strength: float, latent_idx: int):
-        self.latent, self.strength, self.latent_idx = latent, _check_strength(strength), latent_idx
+        self.latent, self.strength, self.latent_idx = latent, check_strength(strength), latent_idx
 
     def apply_to(self, state: LatentState, tools: VideoLatentTools) -> LatentState:
         _check_video_latent("The conditioning image", self.latent, tools)
@@ -262,7 +262,7 @@ class VideoConditionByKeyframeIndex:
     at frame 0, time shifted by `frame_idx` pixel frames then divided by fps (fp32)."""
 
     def __init__(self, keyframes: mx.array, frame_idx: int, strength: float):
-        self.keyframes, self.frame_idx, self.strength = keyframes, int(frame_idx), _check_strength(strength)
+        self.keyframes, self.frame_idx, self.strength = keyframes, int(frame_idx), check_strength(strength)
 
     def apply_to(self, state: LatentState, tools: VideoLatentTools) -> LatentState:
         _check_video_latent("The keyframe", self.keyframes, tools)
@@ -279,7 +279,7 @@ class VideoConditionByReferenceLatent:
     reference lines up with the target grid."""
 
     def __init__(self, latent: mx.array, downscale_factor: int = 1, strength: float = 1.0):
-        self.latent, self.downscale_factor, self.strength = latent, downscale_factor, _check_strength(strength)
+        self.latent, self.downscale_factor, self.strength = latent, downscale_factor, check_strength(strength)
 
     def apply_to(self, state: LatentState, tools: VideoLatentTools) -> LatentState:
         _check_video_latent("The reference video", self.latent, tools)
@@ -360,50 +360,24 @@ class TemporalRegionMask:
 
 
 # ---------------------------------------------------------------------------------------------------
-# User images → conditioning items (reference: ltx_pipelines/utils/helpers.py)
+# User images → conditioning items (reference: ltx_pipelines/utils/helpers.py). Each image carries `frame_idx`
+# and `strength`; `latents` are their encodings at the stage's size, `(1, 1, h, w, C)` (the caller reads the
+# files and runs the video VAE encoder).
 
 
-class ImageConditioningInput(NamedTuple):
-    path: str
-    frame_idx: int
-    strength: float
-    crf: int = DEFAULT_IMAGE_CRF
-
-
-def check_image_conditionings(images: Sequence[ImageConditioningInput], num_frames: int):
-    """Validate user images before any heavy work: readable file, frame inside the video, strength in [0, 1]."""
-    for img in images:
-        check_readable(img.path, "conditioning image")
-        if not 0 <= img.frame_idx < num_frames:
-            raise ValueError(f"Image {img.path!r} is placed at frame {img.frame_idx}, outside the video's frames "
-                             f"0..{num_frames - 1}.")
-        _check_strength(img.strength)
-
-
-def _encoded_images(images, height: int, width: int, encode: Callable[[mx.array], mx.array]):
-    for img in images:
-        yield img, encode(load_image_conditioning(img.path, height, width, crf=img.crf))
-
-
-def combined_image_conditionings(images: Sequence[ImageConditioningInput], height: int, width: int,
-                                 encode: Callable[[mx.array], mx.array]) -> list:
-    """Frame 0 → replace latent frame 0; any other frame → an appended keyframe.
-
-    `encode` maps a `(1, 1, H, W, 3)` image in [-1, 1] to a `(1, 1, h, w, C)` latent (the video VAE encoder)."""
+def combined_image_conditionings(images: Sequence, latents: Sequence[mx.array]) -> list:
+    """Frame 0 → replace latent frame 0; any other frame → an appended keyframe."""
     return [VideoConditionByLatentIndex(z, img.strength, 0) if img.frame_idx == 0
             else VideoConditionByKeyframeIndex(z, img.frame_idx, img.strength)
-            for img, z in _encoded_images(images, height, width, encode)]
+            for img, z in zip(images, latents, strict=True)]
 
 
-def image_conditionings_by_replacing_latent(images: Sequence[ImageConditioningInput], height: int, width: int,
-                                            encode: Callable[[mx.array], mx.array]) -> list:
+def image_conditionings_by_replacing_latent(images: Sequence, latents: Sequence[mx.array]) -> list:
     """Every image replaces a latent frame; as in the reference, `frame_idx` is used as the *latent* index."""
-    return [VideoConditionByLatentIndex(z, img.strength, img.frame_idx)
-            for img, z in _encoded_images(images, height, width, encode)]
+    return [VideoConditionByLatentIndex(z, img.strength, img.frame_idx) for img, z in zip(images, latents, strict=True)]
 
 
-def image_conditionings_by_adding_guiding_latent(images: Sequence[ImageConditioningInput], height: int, width: int,
-                                                 encode: Callable[[mx.array], mx.array]) -> list:
+def image_conditionings_by_adding_guiding_latent(images: Sequence, latents: Sequence[mx.array]) -> list:
     """Every image (frame 0 included) is an appended keyframe (keyframe interpolation)."""
     return [VideoConditionByKeyframeIndex(z, img.frame_idx, img.strength)
-            for img, z in _encoded_images(images, height, width, encode)]
+            for img, z in zip(images, latents, strict=True)]

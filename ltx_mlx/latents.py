@@ -1,7 +1,10 @@
 """Latent shapes, patchifiers and token positions for the LTX-2 transformer.
 
-Video latents are `(B, C, F, H, W)` (or channels-last `(B, F, H, W, C)`), tokens are f-major then h, w.
-Audio latents are `(B, C, T, M)` (or channels-last `(B, T, M, C)`, M mel bins), tokens are `(c m)` per frame.
+The layout convention: latents outside the transformer are channels-last, as the VAEs compute inside, video
+`(B, F, H, W, C)` and audio `(B, T, M, C)` (T latent frames, M mel bins); the pipelines, the conditioning items
+and the latent tools all use it. The patchifiers also take the reference's channels-first `(B, C, F, H, W)` /
+`(B, C, T, M)` (`channels_last=False`), which the parity tests compare against and the audio VAE's public call
+still takes at its boundary. Video tokens are f-major then h, w; audio tokens are `(c m)` per latent frame.
 Positions are `[start, end)` bounds: video `(B, 3, T, 2)` in (seconds, pixels, pixels), audio `(B, 1, T, 2)`
 in seconds.
 """

@@ -70,8 +70,8 @@ def test_encode_decode_parity(tmp_path, name):
     causal = axis is not None
     assert tuple(lat.shape) == (2, 2, 25 if axis == "height" else 24, 16)
     assert tuple(out.shape) == (2, 2, 4 * lat.shape[2] - (3 if causal else 0), 64)
-    e1 = assert_parity(lat, ref_lat, what=f"{name} encoder")
-    e2 = assert_parity(out, ref_mel, what=f"{name} decoder")
+    e1 = assert_parity(lat, ref_lat, 6e-6, f"{name} encoder")  # measured <= 2.3e-6
+    e2 = assert_parity(out, ref_mel, 9e-6, f"{name} decoder")  # measured <= 3.6e-6
     print(f"audio VAE {name}: encoder rel err {e1:.2e}, decoder rel err {e2:.2e}")
 
 
@@ -85,7 +85,7 @@ def test_decoder_length_is_4t_minus_3(tmp_path):
             ref = dec(latent)
         got = ours(to_mx(latent))
         assert got.shape == (1, 2, 4 * T - 3, 64) == tuple(ref.shape)
-        assert_parity(got, ref, what=f"decoder T={T}")
+        assert_parity(got, ref, 5e-6, f"decoder T={T}")  # measured <= 2.0e-6
 
 
 def test_config_reads_file_values_not_code_defaults():

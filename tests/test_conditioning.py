@@ -16,6 +16,9 @@ from ltx_pipelines.utils.args import ImageConditioningInput as RefImageInput
 from PIL import Image
 
 from ltx_mlx import conditioning as c
+from ltx_mlx.media import load_image_conditioning
+from ltx_mlx.pipelines.params import PIPELINES
+from ltx_mlx.pipelines.settings import ImageConditioningInput, check_images
 
 B, C, F, H, W = 2, 8, 4, 3, 5
 DTYPES = {torch.float32: mx.float32, torch.bfloat16: mx.bfloat16}
@@ -67,12 +70,14 @@ def test_initial_audio_state_and_clear():
     ours = c.AudioLatentTools(B, 8, 13, 16)
     z = torch.randn(B, 8, 13, 16, generator=torch.Generator().manual_seed(3))
     for dtype in (torch.float32, torch.bfloat16):
-        s, t = ours.create_initial_state(DTYPES[dtype], mx.array(z.numpy())), ref.create_initial_state("cpu", dtype,
-                                                                                                        z.to(dtype))
+        z_ours = mx.array(z.numpy().transpose(0, 2, 3, 1))  # channels-last (B, T, M, C)
+        s, t = ours.create_initial_state(DTYPES[dtype], z_ours), ref.create_initial_state("cpu", dtype, z.to(dtype))
         _assert_same(s, t)
         _assert_same(ours.clear_conditioning(s), ref.clear_conditioning(t))
-    np.testing.assert_array_equal(np.array(ours.unpatchify(s.latent).astype(mx.float32)),
+    np.testing.assert_array_equal(np.array(ours.unpatchify(s.latent).astype(mx.float32)).transpose(0, 3, 1, 2),
                                   ref.unpatchify(t).latent.float().numpy())
+    with pytest.raises(ValueError, match=r"\(B, T, M, C\)"):
+        ours.create_initial_state(mx.float32, mx.array(z.numpy()))  # the reference's (B, C, T, M) is refused
 
 
 @pytest.mark.parametrize("latent_idx,frames,strength", [(0, 1, 1.0), (0, 1, 0.7), (2, 1, 0.35), (1, 3, 1.0)])
@@ -191,7 +196,9 @@ def test_user_images_mapping(tmp_path, helper):
     images = [(str(tmp_path / "0.png"), frames_idx[0], 1.0), (str(tmp_path / "1.png"), frames_idx[1], 0.75)]
     height, width, frames, fps = 64, 96, 25, 24.0
     enc_ours, enc_ref = _encoder_pair()
-    ours_items = getattr(c, helper)([c.ImageConditioningInput(*im) for im in images], height, width, enc_ours)
+    inputs = [ImageConditioningInput(*im) for im in images]
+    latents = [enc_ours(load_image_conditioning(im.path, height, width, crf=im.crf)) for im in inputs]
+    ours_items = getattr(c, helper)(inputs, latents)
     ref_items = getattr(ref_helpers, helper)([RefImageInput(*im) for im in images], height, width, enc_ref,
                                              torch.float32, "cpu")
     assert [type(x).__name__ for x in ours_items] == [type(x).__name__ for x in ref_items]
@@ -215,13 +222,14 @@ def test_bad_conditioning_inputs(tmp_path):
     with pytest.raises(ValueError, match="channels-last"):
         c.VideoConditionByKeyframeIndex(mx.zeros((B, 1, H, W, C + 1)), 8, 1.0).apply_to(ours, tools)
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    spec = PIPELINES["one-stage"]
     with pytest.raises(ValueError, match="outside the video"):
-        c.check_image_conditionings([c.ImageConditioningInput(str(tmp_path / "a.png"), 25, 1.0)], 25)
+        check_images([ImageConditioningInput(str(tmp_path / "a.png"), 25, 1.0)], 25, spec)
     with pytest.raises(ValueError, match="does not exist"):
-        c.check_image_conditionings([c.ImageConditioningInput(str(tmp_path / "b.png"), 0, 1.0)], 25)
+        check_images([ImageConditioningInput(str(tmp_path / "b.png"), 0, 1.0)], 25, spec)
     with pytest.raises(ValueError, match="strength"):
-        c.check_image_conditionings([c.ImageConditioningInput(str(tmp_path / "a.png"), 0, -0.1)], 25)
-    c.check_image_conditionings([c.ImageConditioningInput(str(tmp_path / "a.png"), 24, 0.0)], 25)
+        check_images([ImageConditioningInput(str(tmp_path / "a.png"), 0, -0.1)], 25, spec)
+    check_images([ImageConditioningInput(str(tmp_path / "a.png"), 24, 0.0)], 25, spec)
 
 
 @pytest.mark.parametrize("shape,latent", [((2, 17, 64, 96), (3, 2, 3)), ((1, 9, 50, 70), (2, 3, 4)),

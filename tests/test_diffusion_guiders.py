@@ -13,7 +13,7 @@ from ltx_pipelines.utils.helpers import multi_modal_guider_denoising_func, multi
 
 from ltx_mlx.diffusion import guiders as ours
 from ltx_mlx.perturbations import PerturbationType, is_perturbed
-from reference import assert_parity, rel_err, to_mx
+from reference import assert_parity, to_mx
 
 SHAPE = (1, 24, 16)
 
@@ -39,7 +39,7 @@ def test_multimodal_calculate(kw):
     cond, neg, ptb, mod = _tensors(4)
     r = ref.MultiModalGuider(ref.MultiModalGuiderParams(**kw)).calculate(cond, neg, ptb, mod)
     o = ours.MultiModalGuider(ours.MultiModalGuiderParams(**kw)).calculate(*map(to_mx, (cond, neg, ptb, mod)))
-    err = assert_parity(o, r, what=f"MultiModalGuider {kw}")
+    err = assert_parity(o, r, 1e-7, f"MultiModalGuider {kw}")  # measured 0 (1e-7: an ulp)
     print(f"MultiModalGuider {kw}: rel err {err:.2e}")
 
 
@@ -48,7 +48,7 @@ def test_multimodal_calculate_with_missing_passes_as_zero():
     kw = dict(cfg_scale=3.0, rescale_scale=0.7)
     r = ref.MultiModalGuider(ref.MultiModalGuiderParams(**kw)).calculate(cond, 0.0, 0.0, 0.0)
     o = ours.MultiModalGuider(ours.MultiModalGuiderParams(**kw)).calculate(to_mx(cond), 0.0, 0.0, 0.0)
-    assert_parity(o, r)
+    assert_parity(o, r, 1e-7)  # measured 0
 
 
 def test_rescale_uses_whole_tensor_unbiased_std():
@@ -58,43 +58,6 @@ def test_rescale_uses_whole_tensor_unbiased_std():
     pred = (2 * cond - pred_like).numpy()
     expected = pred * (cond.numpy().std(ddof=1) / pred.std(ddof=1))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "ref_cls,our_cls,kw",
-    [
-        (ref.CFGGuider, ours.CFGGuider, dict(scale=3.0)),
-        (ref.CFGStarRescalingGuider, ours.CFGStarRescalingGuider, dict(scale=4.0)),
-        (ref.STGGuider, ours.STGGuider, dict(scale=1.5)),
-        (ref.LtxAPGGuider, ours.LtxAPGGuider, dict(scale=3.0)),
-        (ref.LtxAPGGuider, ours.LtxAPGGuider, dict(scale=3.0, eta=0.5, norm_threshold=2.0)),
-        (ref.LtxAPGGuider, ours.LtxAPGGuider, dict(scale=3.0, eta=1.5, norm_threshold=1e4)),
-    ],
-)
-def test_single_guiders(ref_cls, our_cls, kw):
-    cond, uncond = _tensors(2, seed=3)
-    r, o = ref_cls(**kw), our_cls(**kw)
-    err = assert_parity(o.delta(to_mx(cond), to_mx(uncond)), r.delta(cond, uncond), what=ref_cls.__name__)
-    assert o.enabled() == r.enabled()
-    print(f"{ref_cls.__name__} {kw}: rel err {err:.2e}")
-
-
-@pytest.mark.parametrize("kw", [dict(momentum=0.0), dict(momentum=0.5), dict(momentum=-0.3, norm_threshold=0.0)])
-def test_legacy_stateful_apg_over_several_steps(kw):
-    r = ref.LegacyStatefulAPGGuider(scale=2.5, eta=0.7, **kw)
-    o = ours.LegacyStatefulAPGGuider(scale=2.5, eta=0.7, **kw)
-    for step in range(4):
-        cond, uncond = _tensors(2, seed=10 + step)
-        err = assert_parity(o.delta(to_mx(cond), to_mx(uncond)), r.delta(cond, uncond), what=f"APG step {step}")
-    print(f"LegacyStatefulAPGGuider {kw}: last rel err {err:.2e}")
-
-
-def test_projection_coef_is_per_sample():
-    a, b = _tensors(2, shape=(3, 4, 5), seed=7)
-    coef = np.array(ours.projection_coef(to_mx(a), to_mx(b))).reshape(3)
-    for i in range(3):
-        r = ref.projection_coef(a[i : i + 1], b[i : i + 1]).item()
-        assert abs(coef[i] - r) <= 1e-6 * abs(r)
 
 
 def test_skip_step_and_flags():
@@ -213,7 +176,8 @@ def test_guided_denoising_matches_reference(vkw, akw, use_factory):
         ref_v, ref_a = ref_fn(rv, ra, sigmas, step)
         ov, oa = our_fn(State(to_mx(lv), to_mx(mask_v), to_mx(lv)), State(to_mx(la), to_mx(mask_a), to_mx(la)),
                         [float(s) for s in sigmas], step)
-        worst = max(worst, assert_parity(ov, ref_v, what=f"video step {step}"), assert_parity(oa, ref_a, what=f"audio step {step}"))
+        worst = max(worst, assert_parity(ov, ref_v, 6e-7, f"video step {step}"),  # measured <= 2.5e-7
+                    assert_parity(oa, ref_a, 6e-7, f"audio step {step}"))
     print(f"guided denoising {vkw} / {akw} factory={use_factory}: worst rel err {worst:.2e}")
 
 
@@ -238,21 +202,16 @@ def test_bad_guider_type_raises():
         ours.guided_denoising_fn(lambda *a: None, {"cfg_scale": 3.0})
 
 
-def test_rescale_and_apg_at_full_latent_size():
-    # 24576 video tokens x 128 (stage 2 at 1024x1536): a plain float32 mx.sum drifts ~1e-3 here, and
-    # torch's own float32 norm over three dims drifts ~5e-5, so the reference is also run in float64.
+def test_rescale_at_full_latent_size():
+    # 24576 video tokens x 128 (stage 2 at 1024x1536): a plain float32 mx.sum drifts ~1e-3 here, so the
+    # reference is also run in float64.
     cond, neg, ptb, mod = _tensors(4, shape=(1, 24576, 128), seed=11)
     kw = dict(cfg_scale=3.0, stg_scale=1.0, rescale_scale=0.7, modality_scale=3.0)
     o = ours.MultiModalGuider(ours.MultiModalGuiderParams(**kw)).calculate(*map(to_mx, (cond, neg, ptb, mod)))
     g = ref.MultiModalGuider(ref.MultiModalGuiderParams(**kw))
-    err = assert_parity(o, g.calculate(cond, neg, ptb, mod), what="full-size rescale vs float32 reference")
-    err64 = assert_parity(o, g.calculate(*(t.double() for t in (cond, neg, ptb, mod))), what="full-size rescale vs float64")
-    apg = ref.LtxAPGGuider(scale=3.0, eta=0.5, norm_threshold=500.0)
-    a = ours.LtxAPGGuider(scale=3.0, eta=0.5, norm_threshold=500.0).delta(to_mx(cond), to_mx(neg))
-    err_apg = assert_parity(a, apg.delta(cond.double(), neg.double()), what="full-size APG vs float64")
-    ref32_apg = rel_err(apg.delta(cond, neg), apg.delta(cond.double(), neg.double()))
-    print(f"full size: rescale rel err {err:.2e} (vs float64 {err64:.2e}); APG vs float64 {err_apg:.2e} "
-          f"(torch float32 reference vs float64: {ref32_apg:.2e})")
+    err = assert_parity(o, g.calculate(cond, neg, ptb, mod), 5e-7, "full-size rescale vs float32 reference")  # 1.7e-7
+    err64 = assert_parity(o, g.calculate(*(t.double() for t in (cond, neg, ptb, mod))), 6e-7, "vs float64")  # 2.6e-7
+    print(f"full size: rescale rel err {err:.2e} (vs float64 {err64:.2e})")
 
 
 def test_model_fn_output_count_is_checked():
@@ -314,6 +273,6 @@ def test_guided_loops_match_reference(sampler):
         loop = res2s_denoising_loop(sig.numpy(), ov, oa, our_fn, step_noise=queued[2**64 - 1], substep_noise=queued[9999])
     for states in loop:
         mx.eval(states[0].latent, states[1].latent)
-    ev = assert_parity(states[0].latent, ref_v.latent, what="video")
-    ea = assert_parity(states[1].latent, ref_a.latent, what="audio")
+    ev = assert_parity(states[0].latent, ref_v.latent, 2e-6, "video")  # measured <= 8.2e-7
+    ea = assert_parity(states[1].latent, ref_a.latent, 2e-6, "audio")
     print(f"guided {sampler} loop: rel err video {ev:.2e} audio {ea:.2e}")

@@ -17,7 +17,7 @@ def test_block_sum_and_std_match_float64(shape, axis):
     x32 = mx.array(x.astype(np.float32))
     s = np.array(block_sum(x32, axis, keepdims=True))
     ref = x.sum(axis=axis, keepdims=True)
-    assert np.abs(s - ref).max() <= 2e-6 * np.abs(ref).max()
+    assert np.abs(s - ref).max() <= 1.2e-6 * np.abs(ref).max()  # measured <= 4.9e-7
     _, std = centred_std(x32, axis, keepdims=True)
     ref_std = x.std(axis=axis, ddof=1, keepdims=True)
     assert np.abs(np.array(std) - ref_std).max() <= 1e-6 * ref_std.max()
@@ -27,5 +27,5 @@ def test_block_sum_and_std_match_float64(shape, axis):
 def test_noise_standardisation_at_full_size():
     raw = torch.randn((1, 24576, 128), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = ref_samplers._channelwise_normalize((raw - raw.mean()) / raw.std())
-    err = assert_parity(standardize_noise(mx.array(raw.numpy().astype(np.float32))), ref, what="noise standardisation")
+    err = assert_parity(standardize_noise(mx.array(raw.numpy().astype(np.float32))), ref, 1.5e-6, "noise standardisation")  # 5.6e-7
     print(f"full-size noise standardisation: float32 vs reference float64 rel err {err:.2e}")

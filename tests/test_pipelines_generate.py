@@ -185,7 +185,7 @@ BAD = [  # (model, args, words the one-line error must contain)
     ("distilled", ["--output-path", "TMP"], ["is a folder"]),
     ("dev", ["--pipeline", "keyframes"], ["at least one --image"]),
     ("distilled", ["--lora", "MISSING"], ["does not exist"]),
-    ("dev", ["--pipeline", "one-stage", "--video-stg-blocks", "7"], ["STG blocks [7]", "0..2"]),
+    ("dev", ["--pipeline", "one-stage", "--video-stg-blocks", "7"], ["STG blocks [7]", "0..2", "--video-stg-blocks"]),
     ("distilled", ["--frame-rate", "0"], ["frame_rate"]),
     ("dev", ["--pipeline", "two-stage", "--checkpoint-kind", "distilled"], ["dev checkpoint"]),
     ("distilled", ["--checkpoint-kind", "dev"], ["--distilled-lora"]),

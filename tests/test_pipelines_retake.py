@@ -92,7 +92,7 @@ def test_retake_stage_matches_the_reference(models, tmp_path, mode):
     vt, at = g0.video_tools(H, W), g0.audio_tools()
     gen = torch.Generator().manual_seed(22)
     video = torch.randn(1, VIDEO_LATENT_CHANNELS, vt.frames, vt.height, vt.width, generator=gen)
-    audio = torch.randn(1, *at.latent_shape[1:], generator=gen)
+    audio = torch.randn(1, at.channels, at.frames, at.mel_bins, generator=gen)  # the reference's layout
     noise = stage_noise(23, vt.token_count, at.token_count)
     g = Generation(pipe, replace(settings, noise=(as_noise(*noise),)), progress=False)
 
@@ -114,17 +114,19 @@ def test_retake_stage_matches_the_reference(models, tmp_path, mode):
         ref_video = v_tools.unpatchify(v_tools.clear_conditioning(v)).latent
         ref_audio = a_tools.unpatchify(a_tools.clear_conditioning(a)).latent
     model = X0Model(pipe.transformer())
-    fn = guided(model, ctx, neg, g.s) if mode == "guided" else simple(model, ctx)
+    fn = guided(model, ctx, neg, g.settings) if mode == "guided" else simple(model, ctx)
     region = TemporalRegionMask(start, end, FPS)
     ours_video, ours_audio = g.denoise("retake", 0, euler_loop(fn), sigmas, vt, at, [region],
                                        initial_video=mx.array(video.numpy().transpose(0, 2, 3, 4, 1)),
-                                       initial_audio=mx.array(audio.numpy()), audio_conditionings=[region])
-    ours_video = np.array(ours_video).transpose(0, 4, 1, 2, 3)
+                                       initial_audio=mx.array(audio.numpy().transpose(0, 2, 3, 1)),
+                                       audio_conditionings=[region])
+    ours_video = np.array(ours_video).transpose(0, 4, 1, 2, 3)  # channels-last -> the reference's layout
+    ours_audio = np.array(ours_audio).transpose(0, 3, 1, 2)
     ev = assert_parity(ours_video, ref_video, TOL, f"retake ({mode}) video latent")
-    ea = assert_parity(np.array(ours_audio), ref_audio, TOL, f"retake ({mode}) audio latent")
+    ea = assert_parity(ours_audio, ref_audio, TOL, f"retake ({mode}) audio latent")
     # Outside [start, end) the source latents come back untouched; inside they are regenerated.
     kept_v = np.all(ours_video == video.numpy(), axis=(0, 1, 3, 4))
-    kept_a = np.all(np.array(ours_audio) == audio.numpy(), axis=(0, 1, 3))
+    kept_a = np.all(ours_audio == audio.numpy(), axis=(0, 1, 3))
     assert 0 < kept_v.sum() < len(kept_v) and 0 < kept_a.sum() < len(kept_a), (kept_v, kept_a)
     print(f"retake ({mode}): video {ev:.2e}, audio {ea:.2e}; latent frames kept {kept_v.astype(int)}, "
           f"audio frames kept {kept_a.sum()}/{len(kept_a)}")
@@ -217,7 +219,7 @@ def test_python_api_guided_with_dev_distilled_schedule_with_distilled(retake_mod
     real = common.Generation.denoise
 
     def denoise(self, name, stage, loop, sigmas, *args, **kwargs):
-        steps.append((len(sigmas) - 1, self.s.negative_prompt is not None))
+        steps.append((len(sigmas) - 1, self.settings.negative_prompt is not None))
         return real(self, name, stage, loop, sigmas, *args, **kwargs)
 
     monkeypatch.setattr(common.Generation, "denoise", denoise)

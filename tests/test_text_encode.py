@@ -89,8 +89,8 @@ def test_prompts_to_contexts_match_reference(setup, version):
     errs = []
     for ours, prompt in ((pos, PROMPT), (neg, "")):
         ref = reference_contexts(setup, version, prompt)
-        errs.append(assert_parity(ours.video, ref.video_encoding, what="video context"))
-        errs.append(assert_parity(ours.audio, ref.audio_encoding, what="audio context"))
+        errs.append(assert_parity(ours.video, ref.video_encoding, 2.5e-6, "video context"))  # measured <= 9.8e-7
+        errs.append(assert_parity(ours.audio, ref.audio_encoding, 2.5e-6, "audio context"))
         np.testing.assert_array_equal(np.array(ours.mask), ref.attention_mask.numpy())
     assert pos.video.shape == (1, MAX_LEN, HIDDEN if version == 1 else 32)
     assert pos.audio.shape == (1, MAX_LEN, HIDDEN if version == 1 else 16)

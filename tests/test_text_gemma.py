@@ -43,7 +43,7 @@ def test_gemma_matches_transformers_every_hidden_state(gemma_folder):
     ref = hf_hidden_states(hf, np.array(ids), np.array(mask))
     got = ours(ids, mask)
     assert len(got) == len(ref) == TINY_TEXT["num_hidden_layers"] + 1
-    errors = [assert_parity(g, r, what=f"hidden state {i}") for i, (g, r) in enumerate(zip(got, ref))]
+    errors = [assert_parity(g, r, 2e-6, f"hidden state {i}") for i, (g, r) in enumerate(zip(got, ref))]  # <= 7.4e-7
     print(f"Gemma parity (7 layers, B=2, T={MAX_LEN}, window 4): max rel err {max(errors):.2e} "
           f"per state {['%.1e' % e for e in errors]}")
     # the pads matter nowhere downstream, but are reproduced too (SDPA's zero output for fully masked rows)
@@ -108,7 +108,7 @@ def test_key_layouts_and_text_only(gemma_folder, tmp_path):
     ids = mx.array([[0, 0, 2, 5, 9, 11, 7, 30, 8, 6]])
     mask = (ids != 0).astype(mx.int32)
     ref_states = hf_hidden_states(text_only, np.array(ids), np.array(mask))
-    err = max(assert_parity(g, r) for g, r in zip(ours(ids, mask), ref_states))
+    err = max(assert_parity(g, r, 2.5e-6) for g, r in zip(ours(ids, mask), ref_states))  # measured 9.0e-7
     print(f"text-only Gemma3ForCausalLM parity (attn_logit_softcapping 0.5 in its config): {err:.2e}")
 
 

@@ -95,12 +95,13 @@ def test_projection_matches_reference(tmp_path, version, rope_type, precision):
         ref_ca, _ = proc.audio_connector(ref_a, additive)
         ref = proc.process_hidden_states(hs, mask)
     got_v, got_a = ours.feature_extractor(states, m)
-    errs = {"features video": assert_parity(got_v, ref_v), "features audio": assert_parity(got_a, ref_a),
-            "video connector": assert_parity(ours.video_connector(to_mx(ref_v), m), ref_cv),
-            "audio connector": assert_parity(ours.audio_connector(to_mx(ref_a), m), ref_ca)}
+    tol = 1.2e-6  # measured <= 4.3e-7
+    errs = {"features video": assert_parity(got_v, ref_v, tol), "features audio": assert_parity(got_a, ref_a, tol),
+            "video connector": assert_parity(ours.video_connector(to_mx(ref_v), m), ref_cv, tol),
+            "audio connector": assert_parity(ours.audio_connector(to_mx(ref_a), m), ref_ca, tol)}
     video, audio, ctx_mask = ours(states, m)
-    errs["processor video"] = assert_parity(video, ref.video_encoding)
-    errs["processor audio"] = assert_parity(audio, ref.audio_encoding)
+    errs["processor video"] = assert_parity(video, ref.video_encoding, tol)
+    errs["processor audio"] = assert_parity(audio, ref.audio_encoding, tol)
     np.testing.assert_array_equal(np.array(ctx_mask), ref.attention_mask.numpy())
     print(f"V{version} {rope_type}/{precision}: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
 
@@ -141,8 +142,8 @@ def test_batch_of_two_equals_two_batches_of_one(tmp_path, version):
     for b in range(2):
         with torch.no_grad():
             ref = proc.process_hidden_states(tuple(h[b:b + 1] for h in hs), mask[b:b + 1])
-        assert_parity(video[b:b + 1], ref.video_encoding)
-        assert_parity(audio[b:b + 1], ref.audio_encoding)
+        assert_parity(video[b:b + 1], ref.video_encoding, 1e-6)  # measured <= 3.7e-7
+        assert_parity(audio[b:b + 1], ref.audio_encoding, 1e-6)
 
 
 def test_registers_fill_the_padding(tmp_path):

@@ -45,7 +45,7 @@ def test_upsampler_parity(tmp_path, variant):
         want = ref(x)
     got = ours(cl(x))
     assert got.shape == (1, *out_fhw, 8)
-    err = assert_parity(cf(got), want, what=variant)
+    err = assert_parity(cf(got), want, 5e-6, variant)  # measured <= 1.9e-6
     print(f"upsampler {variant}: rel err {err:.2e}")
 
 
@@ -59,7 +59,7 @@ def test_upsample_video_uses_the_vae_statistics(tmp_path):
     with torch.no_grad():
         want = ref_upsample_video(x, enc, ref)
     got = upsample_video(cl(x), stats, load_upsampler(tmp_path / "up.safetensors"))
-    err = assert_parity(cf(got), want, what="upsample_video")
+    err = assert_parity(cf(got), want, 1e-6, "upsample_video")  # measured 3.4e-7
     print(f"upsample_video: rel err {err:.2e}")
 
 

@@ -52,7 +52,7 @@ def test_tiled_decode_parity(tmp_path, version, overrides):
     chunks = [first, *stream]
     assert counting.calls == 18
     assert [c.shape[1] for c in chunks] == [c.shape[2] for c in ref_chunks] == [8, 16, 17]
-    err = max(assert_parity(cf(c), r, what=f"tiled chunk {i}") for i, (c, r) in enumerate(zip(chunks, ref_chunks)))
+    err = max(assert_parity(cf(c), r, 7e-6, f"tiled chunk {i}") for i, (c, r) in enumerate(zip(chunks, ref_chunks)))  # <= 2.8e-6
     full = torch.cat(ref_chunks, dim=2)
     assert full.shape == (1, 3, 41, 96, 128)
     # the tiling really changes the result (blending of independently decoded tiles)
@@ -86,7 +86,7 @@ def test_tiled_encode_parity(tmp_path):
         ref = enc.tiled_encode(x, ref_tiling)
         whole = enc(x)
     got = tiled_encode(ours, cl(x), our_tiling)
-    err = assert_parity(cf(got), ref, what="tiled encode")
+    err = assert_parity(cf(got), ref, 3e-6, "tiled encode")  # measured 1.1e-6
     assert float((whole - ref).abs().max()) > 1e-3
     print(f"tiled encode: rel err {err:.2e}")
 

@@ -18,26 +18,11 @@ import argparse
 import sys
 
 from ..pipelines.params import PIPELINES
+from .args import PathAndStrength
 
 DEFAULT_MODEL = "Lightricks/LTX-2.3/ltx-2.3-22b-distilled-1.1.safetensors"
 DEFAULT_GEMMA = "google/gemma-3-12b-it-qat-q4_0-unquantized"
 DEFAULT_SPATIAL_UPSAMPLER = "Lightricks/LTX-2.3/ltx-2.3-spatial-upscaler-x2-1.1.safetensors"
-
-
-class PathAndStrength(argparse.Action):
-    """`PATH [STRENGTH]`, strength 1.0 when omitted (as the official --lora)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) > 2:
-            raise argparse.ArgumentError(self, f"takes PATH and an optional STRENGTH, got {len(values)} values")
-        try:
-            item = (values[0], float(values[1]) if len(values) == 2 else 1.0)
-        except ValueError:
-            raise argparse.ArgumentError(self, f"STRENGTH must be a number, got {values[1]!r}") from None
-        if self.dest == "distilled_lora":
-            setattr(namespace, self.dest, item)
-        else:
-            setattr(namespace, self.dest, (getattr(namespace, self.dest) or []) + [item])
 
 
 class ImageArg(argparse.Action):
@@ -94,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(f"--{m}-skip-step", type=int, help=f"guide {m} every N+1 steps only (0: every step)")
     p.add_argument("--distilled-lora-strength-stage-1", type=float, help="hq (default 0.25)")
     p.add_argument("--distilled-lora-strength-stage-2", type=float,
-                   help="two-stage/keyframes (default: the strength given at conversion), hq (default 0.5)")
+                   help="two-stage/keyframes/a2v (default: the strength given at conversion), hq (default 0.5)")
     c = p.add_argument_group("converting an official checkpoint (once, into the cache)")
     c.add_argument("--gemma-root", help=f"Gemma-3 folder or hub id (default for the default model: {DEFAULT_GEMMA})")
     c.add_argument("--spatial-upsampler-path", action="append", default=[], help="spatial upsampler file")
     c.add_argument("--distilled-lora", nargs="+", action=PathAndStrength, metavar=("PATH", "STRENGTH"),
-                   help="distilled LoRA stored with the conversion (two-stage pipelines on a dev checkpoint)")
+                   help="distilled LoRA stored with the conversion of a dev checkpoint: two-stage, hq, keyframes and "
+                   "a2v need it for stage 2, and distilled runs a dev checkpoint with it")
     c.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     p.add_argument("--checkpoint-kind", choices=("auto", "distilled", "dev"), default="auto",
                    help="whether the model is a distilled or dev checkpoint (auto: from the official file name)")

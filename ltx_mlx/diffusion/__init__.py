@@ -1,15 +1,10 @@
 """Diffusion pieces in token space (B, T, C): schedules, noise, steps, samplers and guidance."""
 
 from .guiders import (
-    CFGGuider,
-    CFGStarRescalingGuider,
     GuidancePass,
-    LegacyStatefulAPGGuider,
-    LtxAPGGuider,
     MultiModalGuider,
     MultiModalGuiderFactory,
     MultiModalGuiderParams,
-    STGGuider,
     combine_guidance,
     guidance_passes,
     guided_denoising_fn,
@@ -22,10 +17,9 @@ from .schedulers import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES, 
 from .steps import euler_step, post_process_latent
 
 __all__ = [
-    "CFGGuider", "CFGStarRescalingGuider", "DISTILLED_SIGMA_VALUES", "GaussianNoiser", "GuidancePass",
-    "LTX2Scheduler", "LegacyStatefulAPGGuider", "LtxAPGGuider", "MultiModalGuider", "MultiModalGuiderFactory",
-    "MultiModalGuiderParams", "NoiseStream", "Perturbation", "PerturbationType", "STAGE_2_DISTILLED_SIGMA_VALUES",
-    "STGGuider", "add_noise", "combine_guidance", "euler_denoising_loop", "euler_step",
+    "DISTILLED_SIGMA_VALUES", "GaussianNoiser", "GuidancePass", "LTX2Scheduler", "MultiModalGuider",
+    "MultiModalGuiderFactory", "MultiModalGuiderParams", "NoiseStream", "Perturbation", "PerturbationType",
+    "STAGE_2_DISTILLED_SIGMA_VALUES", "add_noise", "combine_guidance", "euler_denoising_loop", "euler_step",
     "gradient_estimating_euler_denoising_loop", "guidance_passes", "guided_denoising_fn", "is_perturbed",
     "post_process_latent", "res2s_denoising_loop", "simple_denoising_fn", "standardize_noise",
 ]

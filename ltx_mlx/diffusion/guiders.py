@@ -1,5 +1,6 @@
-"""Guidance on x0 predictions: the multi-modal guider the pipelines use, the single guiders, and the
-description of which transformer passes a guided step needs.
+"""Guidance on x0 predictions: the multi-modal guider the pipelines use (the reference's single CFG / STG / APG
+guiders are not ported: no pipeline of the reference uses them), and the description of which transformer passes
+a guided step needs.
 
 A guided denoising function is `guided_denoising_fn(model_fn, video_guider, audio_guider)`; `model_fn`
 runs the transformer for a list of `GuidancePass`es (it may batch them when that gives the same
@@ -13,108 +14,12 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from ..perturbations import Perturbation, PerturbationType
-from .stats import block_sum, centred_std
+from .stats import centred_std
 
 
 def _std(x: mx.array) -> mx.array:
     # Whole-tensor unbiased std in float32 like torch's `Tensor.std()`, rounded to x's dtype.
     return centred_std(x.astype(mx.float32))[1].astype(x.dtype)
-
-
-def projection_coef(to_project: mx.array, project_onto: mx.array) -> mx.array:
-    """Per-sample <a, b> / (|b|^2 + 1e-8), shaped to broadcast over a sample."""
-    B = to_project.shape[0]
-    a = to_project.reshape(B, -1)
-    b = project_onto.reshape(B, -1)
-    coef = block_sum(a * b, axis=1) / (block_sum(b * b, axis=1) + 1e-8)
-    return coef.reshape((B,) + (1,) * (to_project.ndim - 1))
-
-
-def _clip_norm(guidance: mx.array, norm_threshold: float) -> mx.array:
-    # Norm over the last three axes, as the reference does whatever the layout.
-    norm = mx.sqrt(block_sum(guidance * guidance, axis=(-1, -2, -3), keepdims=True))
-    return guidance * mx.minimum(1.0, norm_threshold / norm)
-
-
-def _apg(guidance: mx.array, cond: mx.array, eta: float) -> mx.array:
-    parallel = projection_coef(guidance, cond) * cond
-    return parallel * eta + (guidance - parallel)
-
-
-@dataclass(frozen=True)
-class CFGGuider:
-    scale: float
-
-    def delta(self, cond: mx.array, uncond: mx.array) -> mx.array:
-        return (self.scale - 1) * (cond - uncond)
-
-    def enabled(self) -> bool:
-        return self.scale != 1.0
-
-
-@dataclass(frozen=True)
-class CFGStarRescalingGuider:
-    """CFG against the unconditional prediction rescaled onto the conditional one (CFG*)."""
-
-    scale: float
-
-    def delta(self, cond: mx.array, uncond: mx.array) -> mx.array:
-        return (self.scale - 1) * (cond - projection_coef(cond, uncond) * uncond)
-
-    def enabled(self) -> bool:
-        return self.scale != 1.0
-
-
-@dataclass(frozen=True)
-class STGGuider:
-    scale: float
-
-    def delta(self, pos_denoised: mx.array, perturbed_denoised: mx.array) -> mx.array:
-        return self.scale * (pos_denoised - perturbed_denoised)
-
-    def enabled(self) -> bool:
-        return self.scale != 0.0
-
-
-@dataclass(frozen=True)
-class LtxAPGGuider:
-    """Adaptive projected guidance: `eta` weighs the part of (cond - uncond) parallel to cond."""
-
-    scale: float
-    eta: float = 1.0
-    norm_threshold: float = 0.0
-
-    def delta(self, cond: mx.array, uncond: mx.array) -> mx.array:
-        guidance = cond - uncond
-        if self.norm_threshold > 0:
-            guidance = _clip_norm(guidance, self.norm_threshold)
-        return _apg(guidance, cond, self.eta) * (self.scale - 1)
-
-    def enabled(self) -> bool:
-        return self.scale != 1.0
-
-
-@dataclass
-class LegacyStatefulAPGGuider:
-    """APG with a momentum average of the guidance; one instance per denoising run and modality."""
-
-    scale: float
-    eta: float
-    norm_threshold: float = 5.0
-    momentum: float = 0.0
-    running_avg: mx.array | None = None
-
-    def delta(self, cond: mx.array, uncond: mx.array) -> mx.array:
-        guidance = cond - uncond
-        if self.momentum != 0:
-            self.running_avg = guidance if self.running_avg is None else self.momentum * self.running_avg + guidance
-            guidance = self.running_avg
-        if self.norm_threshold > 0:
-            guidance = _clip_norm(guidance, self.norm_threshold)
-        return _apg(guidance, cond, self.eta) * self.scale
-
-    def enabled(self) -> bool:
-        return self.scale != 0.0
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ def stereo(waveform: np.ndarray) -> np.ndarray:
 
 
 def run(g: Generation) -> GenerationResult:
-    s = g.s
-    half, full = (s.height // 2, s.width // 2), (s.height, s.width)
-    seconds = s.num_frames / s.frame_rate
+    settings = g.settings
+    half, full = (settings.height // 2, settings.width // 2), (settings.height, settings.width)
+    seconds = settings.num_frames / settings.frame_rate
 
     # 1. The audio, encoded first: a too-short track fails before the big models are loaded.
-    waveform, rate = read_audio_input(s.audio_input, seconds)
+    waveform, rate = read_audio_input(settings.audio_input, seconds)
     audio_tools = g.audio_tools()
     audio = g.encode_audio(waveform, rate, audio_tools)
 
@@ -45,15 +45,15 @@ def run(g: Generation) -> GenerationResult:
 
     # 4. Stage 1: video only, guided, at half size.
     model = g.load_transformer()
-    sigmas = LTX2Scheduler().execute(steps=s.num_inference_steps)
-    video, _ = g.denoise("stage 1", 0, euler_loop(a2v_guided(model, positive, negative, s)), sigmas,
+    sigmas = LTX2Scheduler().execute(steps=settings.num_inference_steps)
+    video, _ = g.denoise("stage 1", 0, euler_loop(a2v_guided(model, positive, negative, settings)), sigmas,
                          g.video_tools(*half), audio_tools, cond_1, initial_audio=audio, freeze_audio=True)
     del model
     g.free("transformer")
 
     # 5. Upsample x2, then stage 2: video only, the distilled LoRA fused in, positive prompt only.
     video = g.upsample(video, stats)
-    model = g.load_transformer([*g.bundle.loras, g.bundle.distilled_lora(s.distilled_lora_strengths[1])],
+    model = g.load_transformer([*g.bundle.loras, g.bundle.distilled_lora(settings.distilled_lora_strengths[1])],
                                "load stage-2 transformer")
     sigmas = STAGE_2_DISTILLED_SIGMA_VALUES
     video, _ = g.denoise("stage 2", 1, euler_loop(simple(model, positive)), sigmas, g.video_tools(*full),
@@ -63,6 +63,7 @@ def run(g: Generation) -> GenerationResult:
     g.free("transformer")
 
     # 6. The video decoded in tiles into the mp4, muxed with the input waveform itself.
-    sound, sound_rate = (stereo(waveform), rate) if s.audio else (None, None)
-    frames = g.decode_video(video, s.tiling, sound, sound_rate)
-    return GenerationResult(frames, sound, sound_rate, s.frame_rate, dict(g.timings), dict(g.peaks), s.output_path)
+    sound, sound_rate = (stereo(waveform), rate) if settings.audio else (None, None)
+    frames = g.decode_video(video, settings.tiling, sound, sound_rate)
+    return GenerationResult(frames, sound, sound_rate, settings.frame_rate, dict(g.timings), dict(g.peaks),
+                            settings.output_path)

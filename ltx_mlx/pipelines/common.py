@@ -20,7 +20,7 @@ from ..conditioning import AudioLatentTools, VideoLatentTools, apply_conditionin
 from ..diffusion import (GaussianNoiser, NoiseStream, euler_denoising_loop, guided_denoising_fn,
                          res2s_denoising_loop, simple_denoising_fn)
 from ..latents import audio_latent_length
-from ..media import write_mp4
+from ..media import load_image_conditioning, write_mp4
 from ..models.audio_vae import LATENT_DOWNSAMPLE_FACTOR, AudioVAEConfig
 from ..models.transformer import Modality, X0Model
 from ..perturbations import Perturbations
@@ -90,7 +90,7 @@ class Generation:
 
     def __init__(self, bundle, settings: Settings, *, progress: bool = True, verbose: bool = False,
                  keep_frames: bool = True, log: Callable[[str], None] | None = None):
-        self.bundle, self.s = bundle, settings
+        self.bundle, self.settings = bundle, settings
         self.dtype = getattr(mx, bundle.dtype)
         self.progress, self.verbose, self.keep_frames = progress, verbose, keep_frames
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -125,13 +125,13 @@ class Generation:
 
     def video_tools(self, height: int, width: int) -> VideoLatentTools:
         t, sp = scale_factors(self.vae_cfg, self.vae_cfg.decoder_blocks)
-        return VideoLatentTools.from_pixel_shape(1, self.s.num_frames, height, width, self.s.frame_rate,
+        return VideoLatentTools.from_pixel_shape(1, self.settings.num_frames, height, width, self.settings.frame_rate,
                                                  channels=self.vae_cfg.latent_channels, scale_factors=(t, sp, sp))
 
     def audio_tools(self) -> AudioLatentTools:
         c = self.audio_cfg
         bins = (c.mel_bins or 64) // 2 ** (len(c.ch_mult) - 1)
-        frames = audio_latent_length(self.s.num_frames, self.s.frame_rate, c.sampling_rate, c.hop_length,
+        frames = audio_latent_length(self.settings.num_frames, self.settings.frame_rate, c.sampling_rate, c.hop_length,
                                      LATENT_DOWNSAMPLE_FACTOR)
         return AudioLatentTools(1, c.z_channels, frames, bins, c.sampling_rate, c.hop_length,
                                 LATENT_DOWNSAMPLE_FACTOR, causal=c.causality_axis is not None)
@@ -145,7 +145,8 @@ class Generation:
 
     def encode_text(self) -> tuple[TextContext, TextContext | None]:
         """Gemma runs the prompt(s) and is freed before the text projection is loaded; then that is freed too."""
-        prompts = [self.s.prompt] + ([self.s.negative_prompt] if self.s.negative_prompt is not None else [])
+        negative = self.settings.negative_prompt
+        prompts = [self.settings.prompt] + ([negative] if negative is not None else [])
         with self.stage("text"), self.bar(len(prompts), "text encoding", "prompt") as bar:
             encoder = self.bundle.text_encoder()
             contexts = encoder.encode(prompts, free_gemma=True)
@@ -155,17 +156,19 @@ class Generation:
         return contexts[0], (contexts[1] if len(contexts) > 1 else None)
 
     def encode_images(self, sizes: Sequence[tuple[int, int]], build: Callable):
-        """Conditioning items per stage size with the video encoder (then freed); also returns the VAE's
-        per-channel statistics, which the upsampler needs."""
+        """Conditioning items per stage size: each image read at that size, encoded with the video encoder (then
+        freed) and handed to `build(images, latents)`; also returns the VAE's per-channel statistics, which the
+        upsampler needs."""
+        images = self.settings.images
         with self.stage("image encoding"):
             encoder = self.bundle.video_encoder()
 
-            def encode(image: mx.array) -> mx.array:
-                z = encoder(image.astype(self.dtype))
+            def encode(img, height: int, width: int) -> mx.array:
+                z = encoder(load_image_conditioning(img.path, height, width, crf=img.crf).astype(self.dtype))
                 mx.eval(z)
                 return z
 
-            items = [build(self.s.images, h, w, encode) for h, w in sizes]
+            items = [build(images, [encode(img, h, w) for img in images]) for h, w in sizes]
             stats = encoder.per_channel_statistics
             del encoder, encode
             self.free("video_encoder")
@@ -173,13 +176,13 @@ class Generation:
 
     def noiser(self, stage: int) -> GaussianNoiser:
         """The stage's noise: injected (video then audio, token space) or the run's seeded stream."""
-        given = self.s.noise[stage] if stage < len(self.s.noise) else None
+        given = self.settings.noise[stage] if stage < len(self.settings.noise) else None
         if given is None:
             return GaussianNoiser(self.noise_stream)
         return GaussianNoiser([given["video"], given["audio"]])
 
     def res2s_noise(self, stage: int) -> dict:
-        given = self.s.noise[stage] if stage < len(self.s.noise) else None
+        given = self.settings.noise[stage] if stage < len(self.settings.noise) else None
         if not given:
             return {}
         return {k: given[k] for k in ("step_noise", "substep_noise") if k in given}
@@ -189,7 +192,7 @@ class Generation:
                 initial_video: mx.array | None = None, initial_audio: mx.array | None = None,
                 freeze_audio: bool = False, audio_conditionings=()):
         """Build and noise the states (video first, then audio), drive the loop one step at a time, return the
-        clean channels-last video latent (B, F, H, W, C) and the audio latent (B, C, T, M).
+        clean channels-last video latent (B, F, H, W, C) and audio latent (B, T, M, C).
 
         `freeze_audio`: video-only denoising (the reference's `denoise_video_only`): the audio latent is kept
         as given (its noise is still drawn, at scale 0, so the stream stays in step) with denoise mask 0.
@@ -217,22 +220,22 @@ class Generation:
 
     def encode_audio(self, waveform: np.ndarray, rate: int, audio_tools: AudioLatentTools,
                      pad: bool = False) -> mx.array:
-        """A waveform → the audio latent (B, C, T, M) cut to the generation's length (zero-padded to it with
-        `pad`, else a shorter one is an error), with the audio encoder (then freed)."""
+        """A waveform → the channels-last audio latent (B, T, M, C) cut to the generation's length (zero-padded
+        to it with `pad`, else a shorter one is an error), with the audio encoder (then freed)."""
         with self.stage("audio encoding"), self.bar(1, "audio encoding", "clip") as bar:
             encoder = self.bundle.audio_encoder()
-            latent = encode_audio(waveform, rate, encoder)
+            latent = encode_audio(waveform, rate, encoder).transpose(0, 2, 3, 1)  # the VAE gives (B, C, T, M)
             mx.eval(latent)
             bar.update(1)
             del encoder
             self.free("audio_encoder")
         need = audio_tools.frames
-        if pad and latent.shape[2] < need:
-            latent = mx.pad(latent, [(0, 0), (0, 0), (0, need - latent.shape[2]), (0, 0)])
-        if latent.shape[2] < need:
-            raise ValueError(f"the audio gives {latent.shape[2]} latent frames but the video needs {need} "
-                             f"({self.s.num_frames / self.s.frame_rate:.3f} s); give a longer audio")
-        return latent[:, :, :need]
+        if pad and latent.shape[1] < need:
+            latent = mx.pad(latent, [(0, 0), (0, need - latent.shape[1]), (0, 0), (0, 0)])
+        if latent.shape[1] < need:
+            raise ValueError(f"the audio gives {latent.shape[1]} latent frames but the video needs {need} "
+                             f"({self.settings.num_frames / self.settings.frame_rate:.3f} s); give a longer audio")
+        return latent[:, :need]
 
     def upsample(self, latent: mx.array, statistics) -> mx.array:
         with self.stage("upsample"), self.bar(1, "upsampling x2", "latent") as bar:
@@ -247,24 +250,25 @@ class Generation:
     def decode(self, video_latent: mx.array, audio_latent: mx.array, tiled: bool = True) -> GenerationResult:
         """Audio first (the mp4 writer muxes it alongside the video), then the video tile by tile, each chunk
         streamed into the file as soon as it is decoded."""
-        waveform, rate = self.decode_audio(audio_latent) if self.s.audio else (None, None)
-        frames = self.decode_video(video_latent, self.s.tiling if tiled else None, waveform, rate)
-        return GenerationResult(frames, waveform, rate, self.s.frame_rate, dict(self.timings), dict(self.peaks),
-                                self.s.output_path)
+        waveform, rate = self.decode_audio(audio_latent) if self.settings.audio else (None, None)
+        frames = self.decode_video(video_latent, self.settings.tiling if tiled else None, waveform, rate)
+        return GenerationResult(frames, waveform, rate, self.settings.frame_rate, dict(self.timings), dict(self.peaks),
+                                self.settings.output_path)
 
     def decode_audio(self, latent: mx.array) -> tuple[np.ndarray, int]:
         with self.stage("audio decode"), self.bar(1, "audio decode + vocoder", "clip") as bar:
             decoder, vocoder = self.bundle.audio_decoder(), self.bundle.vocoder()
-            wav = vocoder(decoder(latent.astype(self.dtype))).astype(mx.float32)[0]
+            mel = decoder(latent.transpose(0, 3, 1, 2).astype(self.dtype))  # the VAE takes (B, C, T, M)
+            wav = vocoder(mel).astype(mx.float32)[0]
             mx.eval(wav)
             rate = int(vocoder.output_sampling_rate)
             bar.update(1)
             del decoder, vocoder
             self.free("audio_decoder", "vocoder")
-        return fit_audio(np.array(wav), rate, self.s.num_frames / self.s.frame_rate), rate
+        return fit_audio(np.array(wav), rate, self.settings.num_frames / self.settings.frame_rate), rate
 
     def decode_video(self, latent: mx.array, tiling, audio, rate) -> np.ndarray | None:
-        with self.stage("video decode"), self.bar(self.s.num_frames, "video decode", "frame") as bar:
+        with self.stage("video decode"), self.bar(self.settings.num_frames, "video decode", "frame") as bar:
             decoder = self.bundle.video_decoder()
             kept = []
 
@@ -273,12 +277,12 @@ class Generation:
                     frames = np.array(chunk)
                     if self.keep_frames:
                         kept.append(frames)
-                    if self.s.output_path is None:
+                    if self.settings.output_path is None:
                         bar.update(len(frames))
                     yield frames
 
-            if self.s.output_path is not None:
-                write_mp4(self.s.output_path, chunks(), self.s.frame_rate, audio, rate, progress=bar)
+            if self.settings.output_path is not None:
+                write_mp4(self.settings.output_path, chunks(), self.settings.frame_rate, audio, rate, progress=bar)
             else:
                 for _ in chunks():
                     pass

@@ -9,8 +9,8 @@ from .common import Generation, GenerationResult, euler_loop, simple
 
 
 def run(g: Generation, distilled_checkpoint: bool = True) -> GenerationResult:
-    s = g.s
-    half, full = (s.height // 2, s.width // 2), (s.height, s.width)
+    settings = g.settings
+    half, full = (settings.height // 2, settings.width // 2), (settings.height, settings.width)
 
     # 1. Text: Gemma (freed), then the text projection (freed).
     context, _ = g.encode_text()

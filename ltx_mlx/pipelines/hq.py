@@ -9,9 +9,9 @@ from .common import Generation, GenerationResult, guided, res2s_loop, simple
 
 
 def run(g: Generation) -> GenerationResult:
-    s = g.s
-    half, full = (s.height // 2, s.width // 2), (s.height, s.width)
-    strength_1, strength_2 = s.distilled_lora_strengths
+    settings = g.settings
+    half, full = (settings.height // 2, settings.width // 2), (settings.height, settings.width)
+    strength_1, strength_2 = settings.distilled_lora_strengths
 
     # 1. Text: positive and negative prompts.
     positive, negative = g.encode_text()
@@ -23,8 +23,8 @@ def run(g: Generation) -> GenerationResult:
     model = g.load_transformer([*g.bundle.loras, g.bundle.distilled_lora(strength_1)])
     video_tools, audio_tools = g.video_tools(*half), g.audio_tools()
     latent_shape = (1, video_tools.channels, video_tools.frames, video_tools.height, video_tools.width)
-    sigmas = LTX2Scheduler().execute(steps=s.num_inference_steps, latent=latent_shape)
-    loop = res2s_loop(guided(model, positive, negative, s), **g.res2s_noise(0))
+    sigmas = LTX2Scheduler().execute(steps=settings.num_inference_steps, latent=latent_shape)
+    loop = res2s_loop(guided(model, positive, negative, settings), **g.res2s_noise(0))
     video, audio = g.denoise("stage 1", 0, loop, sigmas, video_tools, audio_tools, cond_1)
     del model, loop
     g.free("transformer")

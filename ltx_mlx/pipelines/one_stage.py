@@ -11,19 +11,19 @@ from .common import Generation, GenerationResult, euler_loop, guided
 
 
 def run(g: Generation) -> GenerationResult:
-    s = g.s
+    settings = g.settings
 
     # 1. Text: positive and negative prompts.
     positive, negative = g.encode_text()
 
     # 2. Image conditionings at full size.
-    (conditionings,), _ = g.encode_images([(s.height, s.width)], combined_image_conditionings)
+    (conditionings,), _ = g.encode_images([(settings.height, settings.width)], combined_image_conditionings)
 
     # 3. Guided denoising (the scheduler is called without a latent, as the reference does).
     model = g.load_transformer()
-    sigmas = LTX2Scheduler().execute(steps=s.num_inference_steps)
-    video, audio = g.denoise("denoise", 0, euler_loop(guided(model, positive, negative, s)), sigmas,
-                             g.video_tools(s.height, s.width), g.audio_tools(), conditionings)
+    sigmas = LTX2Scheduler().execute(steps=settings.num_inference_steps)
+    video, audio = g.denoise("denoise", 0, euler_loop(guided(model, positive, negative, settings)), sigmas,
+                             g.video_tools(settings.height, settings.width), g.audio_tools(), conditionings)
     del model
     g.free("transformer")
 

@@ -68,37 +68,42 @@ def detect_params(model_version: str | None, pipeline: str = "distilled") -> Pip
     return LTX_2_3_PARAMS if is_ltx_2_3(model_version) else LTX_2_PARAMS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PipelineSpec:
-    """What a pipeline is and what it needs: `guided` pipelines take a dev checkpoint and a negative prompt,
-    `two_stage` ones run stage 1 at half size and need the spatial ×2 upsampler, `refine_lora` ones fuse the
-    distilled LoRA for stage 2 (into a dev checkpoint)."""
+    """What a pipeline is and what it needs from the converted model."""
 
     name: str
-    guided: bool
-    two_stage: bool
-    refine_lora: bool
     description: str
+    guided: bool  # CFG / STG / modality guidance against a negative prompt: needs a dev checkpoint
+    two_stage: bool  # stage 1 at half size, the spatial x2 upsampler, stage 2 at full size
+    stage_2_distilled_lora: bool  # stage 2 fuses the distilled LoRA into the dev checkpoint
+    encodes_audio: bool = False  # the audio VAE encoder turns a given soundtrack into the audio latent
+    runs_distilled: bool = False  # a guided pipeline that also runs, unguided, on a distilled checkpoint
 
     @property
     def size_multiple(self) -> int:
         return 64 if self.two_stage else 32
 
 
-PIPELINES = {
-    "distilled": PipelineSpec("distilled", False, True, False,
-                              "distilled checkpoint: 8 steps at half size, x2 upsampler, 3 steps at full size"),
-    "one-stage": PipelineSpec("one-stage", True, False, False, "dev checkpoint, guided, one stage at full size"),
-    "two-stage": PipelineSpec("two-stage", True, True, True,
-                              "dev checkpoint: guided stage 1 at half size, x2 upsampler, distilled-LoRA stage 2"),
-    "hq": PipelineSpec("hq", True, True, True,
-                       "dev checkpoint: res_2s sampler both stages, distilled LoRA 0.25 / 0.5"),
-    "keyframes": PipelineSpec("keyframes", True, True, True,
-                              "keyframe interpolation between --image frames (two-stage, guided)"),
-    "a2v": PipelineSpec("a2v", True, True, True,
-                        "audio-to-video: the video generated (two-stage, guided) to the --audio-path audio, which "
-                        "is kept as the soundtrack"),
-    "retake": PipelineSpec("retake", True, False, False,
-                           "regenerate [--start-time, --end-time) of --video-path (picture and sound) from the "
-                           "prompt; guided with a dev checkpoint, 8 steps with a distilled one"),
-}
+PIPELINES = {spec.name: spec for spec in (
+    PipelineSpec(name="distilled", guided=False, two_stage=True, stage_2_distilled_lora=False,
+                 description="distilled checkpoint (or a dev one converted with --distilled-lora): 8 steps at half "
+                             "size, x2 upsampler, 3 steps at full size"),
+    PipelineSpec(name="one-stage", guided=True, two_stage=False, stage_2_distilled_lora=False,
+                 description="dev checkpoint, guided, one stage at full size"),
+    PipelineSpec(name="two-stage", guided=True, two_stage=True, stage_2_distilled_lora=True,
+                 description="dev checkpoint + distilled LoRA: guided stage 1 at half size, x2 upsampler, "
+                             "distilled-LoRA stage 2"),
+    PipelineSpec(name="hq", guided=True, two_stage=True, stage_2_distilled_lora=True,
+                 description="dev checkpoint + distilled LoRA: res_2s sampler both stages, the LoRA at 0.25 / 0.5"),
+    PipelineSpec(name="keyframes", guided=True, two_stage=True, stage_2_distilled_lora=True,
+                 description="dev checkpoint + distilled LoRA: keyframe interpolation between --image frames "
+                             "(two-stage, guided)"),
+    PipelineSpec(name="a2v", guided=True, two_stage=True, stage_2_distilled_lora=True, encodes_audio=True,
+                 description="dev checkpoint + distilled LoRA: audio-to-video, the video generated (two-stage, "
+                             "guided) to the --audio-path audio, which is kept as the soundtrack"),
+    PipelineSpec(name="retake", guided=True, two_stage=False, stage_2_distilled_lora=False, encodes_audio=True,
+                 runs_distilled=True,
+                 description="regenerate [--start-time, --end-time) of --video-path (picture and sound) from the "
+                             "prompt; guided with a dev checkpoint, 8 steps with a distilled one"),
+)}

@@ -18,9 +18,9 @@ from .common import Generation, GenerationResult, euler_loop, guided, simple
 def encode_source_video(g: Generation) -> mx.array:
     """The source frames at their own size → the channels-last video latent, with the video encoder (then
     freed)."""
-    s = g.s
+    settings = g.settings
     with g.stage("video encoding"), g.bar(1, "video encoding", "clip") as bar:
-        pixels = load_video_conditioning(s.retake.path, s.height, s.width, s.num_frames)
+        pixels = load_video_conditioning(settings.retake.path, settings.height, settings.width, settings.num_frames)
         encoder = g.bundle.video_encoder()
         latent = encoder(pixels.astype(g.dtype))
         mx.eval(latent)
@@ -32,10 +32,10 @@ def encode_source_video(g: Generation) -> mx.array:
 
 def run(g: Generation, distilled: bool) -> GenerationResult:
     if distilled:
-        g.s = replace(g.s, negative_prompt=None)
-    s, r = g.s, g.s.retake
-    video_tools, audio_tools = g.video_tools(s.height, s.width), g.audio_tools()
-    region = TemporalRegionMask(r.start_time, r.end_time, s.frame_rate)
+        g.settings = replace(g.settings, negative_prompt=None)
+    settings, r = g.settings, g.settings.retake
+    video_tools, audio_tools = g.video_tools(settings.height, settings.width), g.audio_tools()
+    region = TemporalRegionMask(r.start_time, r.end_time, settings.frame_rate)
 
     # 1. The source: video, then its sound (if any; without it the whole soundtrack is generated).
     video = encode_source_video(g)
@@ -48,7 +48,8 @@ def run(g: Generation, distilled: bool) -> GenerationResult:
     if distilled:
         sigmas, denoise_fn = DISTILLED_SIGMA_VALUES, simple(model, positive)
     else:
-        sigmas, denoise_fn = LTX2Scheduler().execute(steps=s.num_inference_steps), guided(model, positive, negative, s)
+        sigmas = LTX2Scheduler().execute(steps=settings.num_inference_steps)
+        denoise_fn = guided(model, positive, negative, settings)
     video, audio = g.denoise("retake", 0, euler_loop(denoise_fn), sigmas, video_tools, audio_tools, [region],
                              initial_video=video, initial_audio=audio,
                              audio_conditionings=[region] if audio is not None else [])

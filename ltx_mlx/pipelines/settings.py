@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import av
 import numpy as np
 
 from ..weights.checkpoint import CheckpointError
-from ..conditioning import ImageConditioningInput, check_image_conditionings
+from ..conditioning import check_strength
 from ..diffusion import MultiModalGuiderParams
 from ..media import DEFAULT_IMAGE_CRF, check_output_path, check_readable, decode_image, read_audio
 from ..models.vae_tiling import TilingConfig
@@ -48,6 +48,15 @@ def check_size(height: int, width: int, spec: PipelineSpec):
                              f"({why}); use e.g. {near}")
 
 
+class ImageConditioningInput(NamedTuple):
+    """An --image: the file, the (pixel) frame it is placed at, its strength and the CRF of its H.264 round trip."""
+
+    path: str
+    frame_idx: int
+    strength: float
+    crf: int = DEFAULT_IMAGE_CRF
+
+
 def as_image_inputs(images: Sequence) -> tuple[ImageConditioningInput, ...]:
     """(path, frame_idx, strength[, crf]) tuples or ImageConditioningInput → checked-type inputs."""
     out = []
@@ -71,8 +80,12 @@ def as_image_inputs(images: Sequence) -> tuple[ImageConditioningInput, ...]:
 
 
 def check_images(images: Sequence[ImageConditioningInput], num_frames: int, spec: PipelineSpec):
-    check_image_conditionings(images, num_frames)
     for img in images:
+        check_readable(img.path, "conditioning image")
+        if not 0 <= img.frame_idx < num_frames:
+            raise ValueError(f"Image {img.path!r} is placed at frame {img.frame_idx}, outside the video's frames "
+                             f"0..{num_frames - 1}.")
+        check_strength(img.strength)
         if not 0 <= img.crf <= 51:
             raise ValueError(f"image {img.path!r}: CRF {img.crf} is outside libx264's 0..51 (0 = no loss, "
                              f"default {DEFAULT_IMAGE_CRF})")
@@ -301,10 +314,17 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
     ag = _guider(d.audio_guider_params, audio_guider_params, audio_guidance or {})
     if spec.name == "a2v":  # the audio is given, not denoised: its guider stays at the defaults, as the reference
         ag = MultiModalGuiderParams()
+    given = {"video": (video_guider_params, video_guidance), "audio": (audio_guider_params, audio_guidance)}
     for name, g in (("video", vg), ("audio", ag)):
         bad = [b for b in (g.stg_blocks or []) if not 0 <= b < num_layers]
         if bad and g.stg_scale != 0 and spec.guided:
-            raise ValueError(f"{name} STG blocks {bad} do not exist: this transformer has blocks 0..{num_layers - 1}")
+            params, overrides = given[name]
+            default = params is None and (overrides or {}).get("stg_blocks") is None
+            raise ValueError(
+                f"{name} STG blocks {bad}{' (the default for this model version)' if default else ''} do not exist: "
+                f"this transformer has blocks 0..{num_layers - 1}; choose others with --{name}-stg-blocks "
+                f"(Python: {name}_guidance={{'stg_blocks': [...]}}) or turn {name} STG off with "
+                f"--{name}-stg-guidance-scale 0 ({name}_guidance={{'stg_scale': 0}})")
         if g.skip_step < 0:
             raise ValueError(f"{name} skip_step must be >= 0, got {g.skip_step}")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
@@ -374,21 +394,19 @@ def check_model(spec: PipelineSpec, components: Sequence[str], config: dict, dis
     if "gemma" not in components:
         raise CheckpointError("this converted model has no Gemma text encoder; convert it again with "
                               "--gemma-root (google/gemma-3-12b-it-qat-q4_0-unquantized)")
-    if spec.guided and distilled and spec.name != "retake":
+    if spec.guided and distilled and not spec.runs_distilled:
         raise ValueError(f"the {spec.name} pipeline is guided and needs a dev checkpoint, but this model is a "
                          "distilled checkpoint; use --pipeline distilled, or a dev checkpoint")
     if not spec.guided and not distilled and not has_lora:
         raise ValueError("the distilled pipeline needs a distilled checkpoint, or a dev checkpoint converted with "
                          "--distilled-lora; this model is a dev checkpoint without the distilled LoRA (or use "
                          "--pipeline one-stage)")
-    if spec.refine_lora and not has_lora:
+    if spec.stage_2_distilled_lora and not has_lora:
         raise ValueError(f"the {spec.name} pipeline refines stage 2 with the distilled LoRA, which this model lacks; "
                          "convert it with --distilled-lora ltx-2.3-22b-distilled-lora-384.safetensors")
-    if spec.name in ("a2v", "retake") and "audio_encoder" not in components:
+    if spec.encodes_audio and "audio_encoder" not in components:
         raise CheckpointError(f"the {spec.name} pipeline encodes the given audio with the audio VAE encoder, which "
                               "this converted model lacks; convert it again from the full official checkpoint")
-    if spec.name == "retake":  # guided with a dev checkpoint, the distilled schedule with a distilled one
-        return distilled
     if spec.two_stage and SPATIAL_X2 not in components:
         raise ValueError(f"the {spec.name} pipeline upsamples stage 1 with the spatial x2 upsampler, which this "
                          "model lacks; convert it with --spatial-upsampler-path ltx-2.3-spatial-upscaler-x2-1.0"

@@ -10,8 +10,8 @@ from .common import Generation, GenerationResult, euler_loop, guided, simple
 
 
 def run(g: Generation, image_conditionings=combined_image_conditionings) -> GenerationResult:
-    s = g.s
-    half, full = (s.height // 2, s.width // 2), (s.height, s.width)
+    settings = g.settings
+    half, full = (settings.height // 2, settings.width // 2), (settings.height, settings.width)
 
     # 1. Text: positive and negative prompts.
     positive, negative = g.encode_text()
@@ -22,8 +22,8 @@ def run(g: Generation, image_conditionings=combined_image_conditionings) -> Gene
     # 3. Stage 1: guided, at half size, with the user's LoRAs only.
     model = g.load_transformer()
     audio_tools = g.audio_tools()
-    sigmas = LTX2Scheduler().execute(steps=s.num_inference_steps)
-    video, audio = g.denoise("stage 1", 0, euler_loop(guided(model, positive, negative, s)), sigmas,
+    sigmas = LTX2Scheduler().execute(steps=settings.num_inference_steps)
+    video, audio = g.denoise("stage 1", 0, euler_loop(guided(model, positive, negative, settings)), sigmas,
                              g.video_tools(*half), audio_tools, cond_1)
     del model
     g.free("transformer")
@@ -32,7 +32,7 @@ def run(g: Generation, image_conditionings=combined_image_conditionings) -> Gene
     video = g.upsample(video, stats)
 
     # 5. Stage 2: the distilled LoRA fused in, positive prompt only, at full size.
-    strength = s.distilled_lora_strengths[1]
+    strength = settings.distilled_lora_strengths[1]
     model = g.load_transformer([*g.bundle.loras, g.bundle.distilled_lora(strength)], "load stage-2 transformer")
     sigmas = STAGE_2_DISTILLED_SIGMA_VALUES
     video, audio = g.denoise("stage 2", 1, euler_loop(simple(model, positive)), sigmas, g.video_tools(*full),
