@@ -12,7 +12,7 @@ from ltx_core.types import LatentState as RefLatentState
 from ltx_pipelines.utils.helpers import multi_modal_guider_denoising_func, multi_modal_guider_factory_denoising_func
 
 from ltx_mlx.diffusion import guiders as ours
-from ltx_mlx.perturbations import PerturbationType, is_perturbed
+from ltx_mlx.models.perturbations import PerturbationType, is_perturbed
 from reference import assert_parity, to_mx
 
 SHAPE = (1, 24, 16)

@@ -12,7 +12,7 @@ LAYERS = [
     {"cli"},
     {"pipelines"},
     {"weights", "convert"},
-    {"models", "diffusion", "conditioning", "text_encoder", "perturbations"},
+    {"models", "diffusion", "conditioning", "text_encoder"},
     {"latents", "audio", "media"},
 ]
 RUNTIME_PACKAGES = {"mlx", "numpy", "safetensors", "tokenizers", "huggingface_hub", "av", "tqdm"}

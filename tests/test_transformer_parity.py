@@ -21,8 +21,8 @@ from dit_reference import (build_reference, fake_side_tensors, pinned_timestep_e
                            save_reference, tiny_config, to_ours)
 from ltx_mlx.models import transformer
 from ltx_mlx.models.transformer import X0Model
-from ltx_mlx.perturbations import Perturbation, Perturbations
-from ltx_mlx.perturbations import PerturbationType as P
+from ltx_mlx.models.perturbations import Perturbation, Perturbations
+from ltx_mlx.models.perturbations import PerturbationType as P
 from reference import assert_parity
 from loading import load_official
 

@@ -12,25 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from .args import PathAndStrength
 from ..weights.convert import DTYPES, QUANTIZABLE, ConvertOptions, convert, quantization_plans
 from ..weights.quantize import MODES
-
-
-class PathAndStrength(argparse.Action):
-    """`PATH [STRENGTH]` (strength 1.0 when omitted), as the official pipelines take LoRAs."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) > 2:
-            raise argparse.ArgumentError(self, f"takes PATH and an optional STRENGTH, got {len(values)} values")
-        try:
-            strength = float(values[1]) if len(values) == 2 else 1.0
-        except ValueError:
-            raise argparse.ArgumentError(self, f"STRENGTH must be a number, got {values[1]!r}") from None
-        item = (values[0], strength)
-        if self.dest == "distilled_lora":
-            setattr(namespace, self.dest, item)
-        else:
-            setattr(namespace, self.dest, (getattr(namespace, self.dest) or []) + [item])
 
 
 def build_parser() -> argparse.ArgumentParser:

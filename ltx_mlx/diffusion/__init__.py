@@ -11,7 +11,7 @@ from .guiders import (
     simple_denoising_fn,
 )
 from .noise import GaussianNoiser, NoiseStream, add_noise, standardize_noise
-from ..perturbations import Perturbation, PerturbationType, is_perturbed
+from ..models.perturbations import Perturbation, PerturbationType, is_perturbed
 from .samplers import euler_denoising_loop, gradient_estimating_euler_denoising_loop, res2s_denoising_loop
 from .schedulers import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES, LTX2Scheduler
 from .steps import euler_step, post_process_latent

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from ..perturbations import Perturbation, PerturbationType
+from ..models.perturbations import Perturbation, PerturbationType
 from .stats import centred_std
 
 

@@ -16,7 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..perturbations import Perturbations, PerturbationType
+from .perturbations import Perturbations, PerturbationType
 from .activations import gelu_tanh, maybe_compile
 from .rope import ROPE_TYPES, RopeTable, apply_rope, rope_table
 

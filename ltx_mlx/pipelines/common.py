@@ -23,7 +23,7 @@ from ..latents import audio_latent_length
 from ..media import load_image_conditioning, write_mp4
 from ..models.audio_vae import LATENT_DOWNSAMPLE_FACTOR, AudioVAEConfig
 from ..models.transformer import Modality, X0Model
-from ..perturbations import Perturbations
+from ..models.perturbations import Perturbations
 from ..models.upsampler import upsample_video
 from ..models.video_vae import VideoVAEConfig, decode_video, scale_factors
 from ..text_encoder import TextContext
