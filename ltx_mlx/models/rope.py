@@ -27,9 +27,10 @@ def frequency_grid(theta: float, n_axes: int, dim: int, double_precision: bool) 
         return mx.array(grid.astype(np.float32))
     # float32 grid as torch builds it: linspace from both ends (float32 step, products rounded once), then
     # θ^t and ·π/2 in float32. torch's own pow is within an ulp of this, varying with the CPU's vector units.
+    # A single frequency is linspace(0, 1, 1) = [0], i.e. ω = π/2 (counting back from the end would give θ·π/2).
     step = np.float32(1.0) / np.float32(max(F - 1, 1))
     k = np.arange(F)
-    t = np.where(k < F // 2, k * np.float64(step), 1.0 - (F - 1 - k) * np.float64(step)).astype(np.float32)
+    t = np.where(k < max(F // 2, 1), k * np.float64(step), 1.0 - (F - 1 - k) * np.float64(step)).astype(np.float32)
     power = np.power(np.float64(np.float32(theta)), t.astype(np.float64)).astype(np.float32)
     return mx.array(power) * math.pi / 2
 
