@@ -268,9 +268,14 @@ class TimestepEmbedding(nn.Module):
 
 
 class CombinedTimestepEmbedding(nn.Module):
+    """PixArt-α combined timestep embedding without the size embedding (the DiT's AdaLN and the video VAE's)."""
+
     def __init__(self, dim: int):
         super().__init__()
         self.timestep_embedder = TimestepEmbedding(256, dim)
+
+    def __call__(self, t: mx.array, dtype: mx.Dtype) -> mx.array:
+        return self.timestep_embedder(timestep_sinusoid(t).astype(dtype))
 
 
 class AdaLayerNormSingle(nn.Module):
@@ -282,7 +287,7 @@ class AdaLayerNormSingle(nn.Module):
         self.linear = nn.Linear(dim, coefficient * dim)
 
     def __call__(self, t: mx.array, dtype) -> tuple[mx.array, mx.array]:
-        embedded = self.emb.timestep_embedder(timestep_sinusoid(t).astype(dtype))
+        embedded = self.emb(t, dtype)
         return self.linear(nn.silu(embedded)), embedded
 
 

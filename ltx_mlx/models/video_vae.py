@@ -14,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .transformer import CombinedTimestepEmbedding  # the reference's VAE uses the DiT's, too
 from .vae_tiling import TilingConfig, tiled_decode
 
 ENCODER_PREFIX = "vae.encoder."
@@ -181,35 +182,6 @@ class CausalConv3d(nn.Module):
         return y
 
 
-def timestep_embedding(t: mx.array, dim: int = 256) -> mx.array:
-    """Sinusoidal embedding, cos first (flip_sin_to_cos), no frequency shift, max period 10000."""
-    half = dim // 2
-    freqs = mx.exp(-math.log(10000) * mx.arange(half, dtype=mx.float32) / half)
-    args = t.reshape(-1, 1).astype(mx.float32) * freqs[None]
-    return mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1)
-
-
-class TimestepMLP(nn.Module):
-    def __init__(self, in_channels: int, dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(in_channels, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.linear_2(nn.silu(self.linear_1(x)))
-
-
-class TimestepEmbedder(nn.Module):
-    """PixArt-α combined timestep embedding (no size embedding)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.timestep_embedder = TimestepMLP(256, dim)
-
-    def __call__(self, t: mx.array, dtype: mx.Dtype) -> mx.array:
-        return self.timestep_embedder(timestep_embedding(t).astype(dtype))
-
-
 class ResnetBlock3D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, norm_layer: str, padding_mode: str,
                  inject_noise: bool = False, timestep_conditioning: bool = False):
@@ -259,7 +231,7 @@ class UNetMidBlock3D(nn.Module):
         super().__init__()
         self.timestep_conditioning = timestep_conditioning
         if timestep_conditioning:
-            self.time_embedder = TimestepEmbedder(4 * channels)
+            self.time_embedder = CombinedTimestepEmbedding(4 * channels)
         self.res_blocks = [ResnetBlock3D(channels, channels, norm_layer, padding_mode, inject_noise,
                                          timestep_conditioning) for _ in range(num_layers)]
 
@@ -434,7 +406,7 @@ class VideoDecoder(nn.Module):
                                      padding_mode=cfg.decoder_padding)
         if cfg.timestep_conditioning:
             self.timestep_scale_multiplier = mx.array(1000.0)
-            self.last_time_embedder = TimestepEmbedder(2 * channels)
+            self.last_time_embedder = CombinedTimestepEmbedding(2 * channels)
             self.last_scale_shift_table = mx.zeros((2, channels))
 
     def check_input(self, z: mx.array):
