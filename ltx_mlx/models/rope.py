@@ -10,11 +10,12 @@ lands in the first head) and `interleaved` (neighbouring channels over the whole
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
+
+from .activations import maybe_compile
 
 ROPE_TYPES = ("interleaved", "split")
 
@@ -99,11 +100,7 @@ def rope_table(positions: mx.array, dim: int, theta: float, max_pos, heads: int,
     return RopeTable(cos.astype(dtype), signed.astype(dtype), rope_type)
 
 
-def _fused(fn):
-    return mx.compile(fn, shapeless=True) if os.environ.get("LTX_MLX_COMPILE", "1") != "0" else fn
-
-
-@_fused
+@maybe_compile
 def _rotate(x, swapped, cos, sin):
     return x * cos + swapped * sin
 
