@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import mlx.core as mx
 import numpy as np
+
+# The decoder's source of random draws: noise(shape) -> array.
+Noise = Callable[[tuple], mx.array]
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,19 @@ def decode_tiles(latent_shape: tuple, tiling: TilingConfig, time_factor: int, sp
     return _tiles(axes)
 
 
+def gaussian_noise(key: mx.array | None = None) -> Noise:
+    """The decoder's noise source: successive draws from `key` (or the global MLX seed), one stream for all tiles."""
+    state = [key]
+
+    def draw(shape):
+        if state[0] is None:
+            return mx.random.normal(tuple(shape))
+        state[0], sub = mx.random.split(state[0])
+        return mx.random.normal(tuple(shape), key=sub)
+
+    return draw
+
+
 def _decode_group(decoder, z, group: list[Tile], video_shape, timestep, noise):
     """Weighted sum of one time group's tiles: (buffer, weights) for its frames."""
     B, _, H, W, C = video_shape
@@ -188,8 +204,6 @@ def _decode_group(decoder, z, group: list[Tile], video_shape, timestep, noise):
 def tiled_decode(decoder, z: mx.array, tiling: TilingConfig, timestep=None, key: mx.array | None = None,
                  noise=None) -> Iterator[mx.array]:
     """Decode normalised latents (B, F', H', W', C) tile by tile; yields (B, frames, H, W, 3) chunks in order."""
-    from .video_vae import gaussian_noise
-
     decoder.check_input(z)
     noise = noise or gaussian_noise(key)
     tf, sf = decoder.time_factor, decoder.space_factor

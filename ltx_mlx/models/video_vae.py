@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Callable, Iterator
+from typing import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
 from .transformer import CombinedTimestepEmbedding  # the reference's VAE uses the DiT's, too
-from .vae_tiling import TilingConfig, tiled_decode
+from .vae_tiling import Noise, TilingConfig, gaussian_noise, tiled_decode
 
 ENCODER_PREFIX = "vae.encoder."
 DECODER_PREFIX = "vae.decoder."
@@ -29,8 +29,6 @@ CONV_CHUNK_BYTES = 64 * 2**20
 # Evaluate every convolution's output as it is made: a lazily built whole-decoder graph keeps ~4x more
 # activations alive (measured in bench/vae_decode_memory.py); set False to trace the model (e.g. mx.compile).
 EVAL_EACH_CONV = True
-
-Noise = Callable[[tuple], mx.array]
 
 
 @dataclass
@@ -373,19 +371,6 @@ def _decoder_block(name: str, p: dict, channels: int, cfg: VideoVAEConfig) -> tu
         return DepthToSpaceUpsample(channels, _strides(name), pad, residual, m), channels // m
     raise ValueError(f"video VAE decoder block {name!r} is not supported (res_x, res_x_y, compress_time, "
                      "compress_space, compress_all); the reference cannot run 'attn_res_x' either")
-
-
-def gaussian_noise(key: mx.array | None = None) -> Noise:
-    """A noise source for the decoder: successive draws from `key` (or the global MLX seed)."""
-    state = [key]
-
-    def draw(shape):
-        if state[0] is None:
-            return mx.random.normal(tuple(shape))
-        state[0], sub = mx.random.split(state[0])
-        return mx.random.normal(tuple(shape), key=sub)
-
-    return draw
 
 
 class VideoDecoder(nn.Module):
