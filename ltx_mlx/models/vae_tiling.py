@@ -197,7 +197,7 @@ def _decode_group(decoder, z, group: list[Tile], video_shape, timestep, noise):
         hs, ws = tile.target[1], tile.target[2]
         buffer[:, :t, hs, ws] += decoded[:, :t] * mask[:, :t]
         weights[:, :t, hs, ws] += mask[:, :t]
-        mx.eval(buffer, weights)
+        mx.eval(buffer, weights)  # one tile's decode at a time: a group's tiles never share one graph
     return buffer, weights
 
 
@@ -224,11 +224,12 @@ def tiled_decode(decoder, z: mx.array, tiling: TilingConfig, timestep=None, key:
                 buffer[:, :n] = prev[:, o:]
                 weights[:, :n] = prev_w[:, o:]
             chunk = (prev / mx.maximum(prev_w, 1e-8))[:, : frames.start - prev_frames.start]
+            # the chunk leaves computed, and this group's buffers no longer hold the previous group's alive
             mx.eval(chunk, buffer, weights)
             yield chunk
         prev, prev_w, prev_frames = buffer, weights, frames
     chunk = prev / mx.maximum(prev_w, 1e-8)
-    mx.eval(chunk)
+    mx.eval(chunk)  # every chunk leaves computed: a consumer may drop it unread (bench/vae_decode_memory.py does)
     yield chunk
 
 
@@ -284,5 +285,5 @@ def tiled_encode(encoder, video: mx.array, tiling: TilingConfig) -> mx.array:
         target = (slice(None), *tile.target)
         latent[target] += encoder(video[(slice(None), *tile.source)]) * mask
         weights[target] += mask
-        mx.eval(latent, weights)
+        mx.eval(latent, weights)  # one tile's encode at a time: the whole video never sits in one graph
     return latent / mx.maximum(weights, 1e-8)
