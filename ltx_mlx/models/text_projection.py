@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .rope import RopeTable, rope_table
+from .base import BaseConfig, check_choice
+from .rope import ROPE_TYPES, RopeTable, rope_table
 from .transformer import Attention, FeedForward  # the connectors' blocks are the DiT's
 
 FEATURE_EXTRACTOR_PREFIX = "text_embedding_projection."
@@ -34,16 +35,16 @@ def feature_extractor_version(transformer: dict) -> int:
     if not present:
         return 1
     if present != V2_KEYS.keys():
-        raise ValueError("checkpoint config: partial V2 text-projection config, missing "
-                              + ", ".join(sorted(V2_KEYS.keys() - present)))
+        raise ValueError("transformer config: partial V2 text-projection config, missing "
+                         + ", ".join(sorted(V2_KEYS.keys() - present)))
     wrong = [f"{k}={transformer[k]!r} (expected {v!r})" for k, v in V2_KEYS.items() if transformer[k] != v]
     if wrong:
-        raise ValueError("checkpoint config: unsupported text-projection variant: " + ", ".join(wrong))
+        raise ValueError("transformer config: unsupported text-projection variant: " + ", ".join(wrong))
     return 2
 
 
 @dataclass
-class ConnectorConfig:
+class ConnectorConfig(BaseConfig):
     num_attention_heads: int
     attention_head_dim: int
     num_layers: int
@@ -61,16 +62,18 @@ class ConnectorConfig:
             value = t.get(f"connector_{name}", default)
             return t.get(f"audio_connector_{name}", value) if audio else value
 
-        rope = t.get("rope_type", "interleaved")
-        if rope not in ("interleaved", "split"):
-            raise ValueError(f"checkpoint config: unknown rope_type {rope!r}")
-        return cls(num_attention_heads=get("num_attention_heads", 30), attention_head_dim=get("attention_head_dim", 128),
-                   num_layers=get("num_layers", 2),
-                   positional_embedding_max_pos=list(t.get("connector_positional_embedding_max_pos", [1])),
-                   rope_type=rope, double_precision_rope=t.get("frequencies_precision", False) == "float64",
-                   apply_gated_attention=bool(t.get("connector_apply_gated_attention", False)),
-                   # the reference hard-wires 128; real files carry the same number in this key
-                   num_learnable_registers=int(t.get("connector_num_learnable_registers") or 128))
+        return super().from_dict(dict(
+            num_attention_heads=get("num_attention_heads", 30), attention_head_dim=get("attention_head_dim", 128),
+            num_layers=get("num_layers", 2),
+            positional_embedding_max_pos=list(t.get("connector_positional_embedding_max_pos", [1])),
+            rope_type=t.get("rope_type", "interleaved"),
+            double_precision_rope=t.get("frequencies_precision", False) == "float64",
+            apply_gated_attention=bool(t.get("connector_apply_gated_attention", False)),
+            # the reference hard-wires 128; real files carry the same number in this key
+            num_learnable_registers=int(t.get("connector_num_learnable_registers") or 128)))
+
+    def validate(self):
+        check_choice("transformer config (text connectors)", "rope_type", self.rope_type, ROPE_TYPES)
 
     @property
     def inner_dim(self) -> int:
@@ -78,7 +81,7 @@ class ConnectorConfig:
 
 
 @dataclass
-class TextProjectionConfig:
+class TextProjectionConfig(BaseConfig):
     version: int
     embedding_dim: int  # Gemma hidden size
     num_states: int  # Gemma layers + 1 (the embeddings)

@@ -7,13 +7,14 @@ shared per-channel statistics (the transformer works on normalised latents).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .base import BaseConfig, check_choice
 from .transformer import CombinedTimestepEmbedding  # the reference's VAE uses the DiT's, too
 from .vae_tiling import Noise, TilingConfig, gaussian_noise, tiled_decode
 
@@ -32,7 +33,7 @@ EVAL_EACH_CONV = True
 
 
 @dataclass
-class VideoVAEConfig:
+class VideoVAEConfig(BaseConfig):
     dims: int = 3
     in_channels: int = 3
     out_channels: int = 3
@@ -47,18 +48,13 @@ class VideoVAEConfig:
     timestep_conditioning: bool = True
     decoder_base_channels: int = 128
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "VideoVAEConfig":
-        names = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in d.items() if k in names})
-        if cfg.dims != 3:
-            raise ValueError(f"video VAE dims={cfg.dims!r} is not supported: only 3-D causal convolutions (dims 3)")
-        if cfg.norm_layer not in ("pixel_norm", "group_norm"):
-            raise ValueError(f"video VAE norm_layer {cfg.norm_layer!r} is not supported (pixel_norm, group_norm)")
-        if cfg.spatial_padding_mode is not None and cfg.spatial_padding_mode not in PADDING_MODES:
-            raise ValueError(f"video VAE spatial_padding_mode {cfg.spatial_padding_mode!r} is not one of "
-                             f"{sorted(PADDING_MODES)}")
-        return cfg
+    def validate(self):
+        if self.dims != 3:
+            raise ValueError(f"video VAE config: dims={self.dims!r} is not supported: only 3-D causal convolutions "
+                             "(dims 3)")
+        check_choice("video VAE config", "norm_layer", self.norm_layer, ("pixel_norm", "group_norm"))
+        if self.spatial_padding_mode is not None:
+            check_choice("video VAE config", "spatial_padding_mode", self.spatial_padding_mode, sorted(PADDING_MODES))
 
     @property
     def encoder_padding(self) -> str:
