@@ -32,6 +32,7 @@ def test_one_compile_switch_covers_every_fused_function():
     root = Path(__file__).resolve().parents[1]
     for flag, plain in (("0", True), ("1", False)):
         env = {**os.environ, "LTX_MLX_COMPILE": flag}
-        out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
+                             check=True)
         n_plain, n = map(int, out.stdout.split())
         assert n_plain == (n if plain else 0), (flag, out.stdout)

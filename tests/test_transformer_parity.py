@@ -176,7 +176,7 @@ def test_parity_single_modality(models):
 
 @pytest.mark.parametrize("rope_type", ["split", "interleaved"])
 def test_parity_single_frequency_per_axis(tmp_path, rope_type):
-    """The float32 grid with one frequency per axis (torch's linspace(0, 1, 1) is [0]) in video, audio and cross RoPE."""
+    """One frequency per axis on the float32 grid (torch's linspace(0, 1, 1) is [0]): video, audio and cross RoPE."""
     torch.manual_seed(0)
     cfg = tiny_config(f"2-single-frequency-{rope_type}")
     ref = build_reference(cfg)
