@@ -180,7 +180,7 @@ def test_parity_single_frequency_per_axis(tmp_path, rope_type):
     torch.manual_seed(0)
     cfg = tiny_config(f"2-single-frequency-{rope_type}")
     ref = build_reference(cfg)
-    ours = load_transformer(save_reference(tmp_path / "model.safetensors", ref, cfg, "2.0.0"))
+    ours = load_official(save_reference(tmp_path / "model.safetensors", ref, cfg, "2.0.0"), "transformer")
     video, audio, g = make_inputs(cfg, batch=2, seed=6)
     video, audio = conditioned(video, audio, g, hw=6)
     err = compare(f"single-frequency {rope_type}", *run_both(ref, ours, video, audio, x0=True))
