@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-
 from .base import BaseConfig, check_choice
 
 ENCODER_PREFIX = "audio_vae.encoder."
