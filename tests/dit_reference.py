@@ -46,6 +46,9 @@ def tiny_config(version: str) -> dict:
                  frequencies_precision="float32", av_ca_timestep_scale_multiplier=1,
                  positional_embedding_max_pos=[16, 1024, 1536], audio_positional_embedding_max_pos=[24],
                  apply_gated_attention=True, cross_attention_adaln=True, caption_proj_before_connector=True)
+    elif version.startswith("2-single-frequency"):  # one frequency per axis: video 8 // (2·3), audio and cross 2 // 2
+        t.update(num_attention_heads=1, attention_head_dim=8, audio_num_attention_heads=1, audio_attention_head_dim=2,
+                 num_layers=2, frequencies_precision="float32", rope_type=version.rsplit("-", 1)[1])
     else:
         raise ValueError(version)
     t["cross_attention_dim"] = t["num_attention_heads"] * t["attention_head_dim"]

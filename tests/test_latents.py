@@ -155,3 +155,26 @@ def test_rope_rejects_bad_input():
         rope_table(video_positions(1, 2, 2, 2, 24.0), 32, 10000.0, [20, 2048, 2048], 2, "spiral", True)
     with pytest.raises(ValueError, match="max_pos"):
         rope_table(video_positions(1, 2, 2, 2, 24.0), 32, 10000.0, [20], 2, "split", True)
+
+
+@pytest.mark.parametrize("kind,dim,heads,rope_type", [("video", 8, 1, "split"), ("video", 6, 1, "interleaved"),
+                                                      ("audio", 2, 1, "split"), ("audio", 2, 1, "interleaved")])
+def test_single_frequency_per_axis_float32_grid(kind, dim, heads, rope_type):
+    """dim // (2·axes) == 1 with the float32 grid: torch's linspace(0, 1, 1) is [0], so ω = π/2, not θ·π/2."""
+    if kind == "audio":
+        positions = AudioLatentTools(AudioPatchifier(1), AudioLatentShape(1, 8, 9, 16)).create_initial_state(
+            "cpu", torch.float32).positions
+        max_pos = [20]
+    else:
+        positions = VideoLatentTools(VideoLatentPatchifier(1), VideoLatentShape(1, 8, 3, 2, 3),
+                                     fps=24.0).create_initial_state("cpu", torch.float32).positions
+        max_pos = [20, 2048, 2048]
+    n = positions.shape[1]
+    ref_grid = generate_freq_grid_pytorch(10000.0, n, dim).numpy()
+    np.testing.assert_array_equal(np.array(frequency_grid(10000.0, n, dim, False)), ref_grid)
+    ref_cos, ref_sin = precompute_freqs_cis(positions, dim, torch.float32, 10000.0, max_pos, True, heads,
+                                            LTXRopeType(rope_type), generate_freq_grid_pytorch)
+    cos, sin = _as_reference_layout(rope_table(mx.array(positions.numpy()), dim, 10000.0, max_pos, heads, rope_type,
+                                               False), rope_type)
+    assert cos.shape == tuple(ref_cos.shape)
+    assert max(np.abs(cos - ref_cos.numpy()).max(), np.abs(sin - ref_sin.numpy()).max()) <= 1e-6

@@ -173,3 +173,16 @@ def test_parity_single_modality(models):
     compare(f"{version} video-only", *run_both(ref, ours, video, None, x0=True))
     compare(f"{version} audio-only", *run_both(ref, ours, None, audio, x0=True))
     print({k: f"{v:.2e}" for k, v in sorted(ERRORS.items())})
+
+
+@pytest.mark.parametrize("rope_type", ["split", "interleaved"])
+def test_parity_single_frequency_per_axis(tmp_path, rope_type):
+    """One frequency per axis on the float32 grid (torch's linspace(0, 1, 1) is [0]): video, audio and cross RoPE."""
+    torch.manual_seed(0)
+    cfg = tiny_config(f"2-single-frequency-{rope_type}")
+    ref = build_reference(cfg)
+    ours = load_official(save_reference(tmp_path / "model.safetensors", ref, cfg, "2.0.0"), "transformer")
+    video, audio, g = make_inputs(cfg, batch=2, seed=6)
+    video, audio = conditioned(video, audio, g, hw=6)
+    err = compare(f"single-frequency {rope_type}", *run_both(ref, ours, video, audio, x0=True))
+    print(f"single-frequency {rope_type}: {err:.2e}")

@@ -8,11 +8,12 @@ config's `causality_axis` ("height" = time in the released files).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from .base import BaseConfig, check_choice
 
 ENCODER_PREFIX = "audio_vae.encoder."
 DECODER_PREFIX = "audio_vae.decoder."
@@ -23,7 +24,7 @@ CAUSALITY_AXES = (None, "height", "width", "width-compatibility")
 
 
 @dataclass
-class AudioVAEConfig:
+class AudioVAEConfig(BaseConfig):
     """`config["audio_vae"]`; defaults are the reference configurator's code defaults."""
 
     ch: int = 128
@@ -53,27 +54,23 @@ class AudioVAEConfig:
         stft = pre.get("stft", {})
         mel_bins = dd.get("mel_bins") or pre.get("mel", {}).get("n_mel_channels") \
             or audio_vae.get("variables", {}).get("mel_bins")
-        known = {f.name for f in fields(cls)} - {"mel_bins", "sampling_rate", "hop_length", "n_fft"}
-        kw = {k: v for k, v in dd.items() if k in known}
+        # the model's sizes come from ddconfig; the mel and STFT settings from their own sections
+        kw = {k: v for k, v in dd.items() if k not in ("mel_bins", "sampling_rate", "hop_length", "n_fft")}
         for k in ("ch_mult", "attn_resolutions"):
             if k in kw:
                 if kw[k] is None:
                     raise ValueError(f"audio_vae ddconfig.{k} is null; give a list (use [] for none)")
                 kw[k] = tuple(kw[k])
-        cfg = cls(**kw, mel_bins=mel_bins, sampling_rate=params.get("sampling_rate", 16000),
-                  hop_length=stft.get("hop_length", 160), n_fft=stft.get("filter_length", 1024))
-        cfg.validate()
-        return cfg
+        return super().from_dict(dict(kw, mel_bins=mel_bins, sampling_rate=params.get("sampling_rate", 16000),
+                                      hop_length=stft.get("hop_length", 160), n_fft=stft.get("filter_length", 1024)))
 
     def validate(self):
-        if self.norm_type not in ("pixel", "group"):
-            raise ValueError(f"audio_vae norm_type {self.norm_type!r} is not supported (expected 'pixel' or 'group')")
-        if self.causality_axis not in CAUSALITY_AXES:
-            raise ValueError(f"audio_vae causality_axis {self.causality_axis!r} must be one of {CAUSALITY_AXES}")
+        check_choice("audio_vae config", "norm_type", self.norm_type, ("pixel", "group"))
+        check_choice("audio_vae config", "causality_axis", self.causality_axis, CAUSALITY_AXES)
         if self.causality_axis is not None and self.norm_type == "group":
-            raise ValueError("audio_vae: a causal ResnetBlock cannot use GroupNorm (set norm_type 'pixel')")
-        if self.attn_type not in ("vanilla", "none"):
-            raise ValueError(f"audio_vae attn_type {self.attn_type!r} is not supported (expected 'vanilla' or 'none')")
+            raise ValueError(f"audio_vae config: a causal ResnetBlock (causality_axis {self.causality_axis!r}) cannot "
+                             "use GroupNorm (set norm_type 'pixel')")
+        check_choice("audio_vae config", "attn_type", self.attn_type, ("vanilla", "none"))
 
 
 def _norm(channels: int, norm_type: str) -> nn.Module:

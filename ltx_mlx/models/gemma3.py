@@ -9,13 +9,14 @@ pads included, exactly as HF uses them for the reference's left-padded prompts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
 from .activations import gelu_tanh
+from .base import BaseConfig
 
 # Key layouts of Hugging Face Gemma-3 folders: multimodal (transformers < 4.52 and >= 4.52) and text-only.
 GEMMA_PREFIXES = ("language_model.model.", "model.language_model.", "model.")
@@ -25,7 +26,7 @@ IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tow
 
 
 @dataclass
-class Gemma3Config:
+class Gemma3Config(BaseConfig):
     # Defaults are transformers' Gemma3TextConfig defaults: saved config.json files omit values equal to them.
     vocab_size: int = 262_208
     hidden_size: int = 2304
@@ -48,24 +49,20 @@ class Gemma3Config:
     bos_token_id: int = 2
     quantization: dict | None = None
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Gemma3Config":
-        names = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in d.items() if k in names})
-        if cfg.layer_types is None:
+    def __post_init__(self):
+        if self.layer_types is None:
             # Older configs carry only the pattern: every `pattern`-th layer is global.
-            p = cfg.sliding_window_pattern
-            cfg.layer_types = ["sliding_attention" if (i + 1) % p else "full_attention"
-                               for i in range(cfg.num_hidden_layers)]
-        cfg.validate()
-        return cfg
+            p = self.sliding_window_pattern
+            self.layer_types = ["sliding_attention" if (i + 1) % p else "full_attention"
+                                for i in range(self.num_hidden_layers)]
 
     def validate(self):
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(f"Gemma config: {len(self.layer_types)} layer_types for {self.num_hidden_layers} layers")
         unknown = set(self.layer_types) - {"sliding_attention", "full_attention"}
         if unknown:
-            raise ValueError(f"Gemma config: unknown layer types {sorted(unknown)}")
+            raise ValueError(f"Gemma config: unknown layer types {sorted(unknown)} in layer_types (expected "
+                             "'sliding_attention' or 'full_attention')")
         if self.hidden_activation not in ("gelu_pytorch_tanh", "gelu_tanh"):
             raise ValueError(f"Gemma config: hidden_activation {self.hidden_activation!r} is not supported "
                              "(Gemma-3 uses gelu_pytorch_tanh)")
@@ -73,7 +70,8 @@ class Gemma3Config:
             raise ValueError("Gemma config: use_bidirectional_attention=True (an embedding-model variant) is not "
                              "the causal Gemma-3 that LTX uses")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("Gemma config: num_attention_heads must be a multiple of num_key_value_heads")
+            raise ValueError(f"Gemma config: num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
         rope_type(self.rope_scaling)
 
     @property

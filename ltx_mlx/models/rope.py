@@ -10,11 +10,12 @@ lands in the first head) and `interleaved` (neighbouring channels over the whole
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
+
+from .activations import maybe_compile
 
 ROPE_TYPES = ("interleaved", "split")
 
@@ -27,9 +28,10 @@ def frequency_grid(theta: float, n_axes: int, dim: int, double_precision: bool) 
         return mx.array(grid.astype(np.float32))
     # float32 grid as torch builds it: linspace from both ends (float32 step, products rounded once), then
     # θ^t and ·π/2 in float32. torch's own pow is within an ulp of this, varying with the CPU's vector units.
+    # A single frequency is linspace(0, 1, 1) = [0], i.e. ω = π/2 (counting back from the end would give θ·π/2).
     step = np.float32(1.0) / np.float32(max(F - 1, 1))
     k = np.arange(F)
-    t = np.where(k < F // 2, k * np.float64(step), 1.0 - (F - 1 - k) * np.float64(step)).astype(np.float32)
+    t = np.where(k < max(F // 2, 1), k * np.float64(step), 1.0 - (F - 1 - k) * np.float64(step)).astype(np.float32)
     power = np.power(np.float64(np.float32(theta)), t.astype(np.float64)).astype(np.float32)
     return mx.array(power) * math.pi / 2
 
@@ -98,11 +100,7 @@ def rope_table(positions: mx.array, dim: int, theta: float, max_pos, heads: int,
     return RopeTable(cos.astype(dtype), signed.astype(dtype), rope_type)
 
 
-def _fused(fn):
-    return mx.compile(fn, shapeless=True) if os.environ.get("LTX_MLX_COMPILE", "1") != "0" else fn
-
-
-@_fused
+@maybe_compile
 def _rotate(x, swapped, cos, sin):
     return x * cos + swapped * sin
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
-from .transformer import FeedForward  # the connectors' feed-forward is the DiT's
+from .base import BaseConfig, check_choice
+from .rope import ROPE_TYPES, RopeTable, rope_table
+from .transformer import Attention, FeedForward  # the connectors' blocks are the DiT's
 
 FEATURE_EXTRACTOR_PREFIX = "text_embedding_projection."
 VIDEO_CONNECTOR_PREFIX = "model.diffusion_model.video_embeddings_connector."
@@ -34,16 +35,16 @@ def feature_extractor_version(transformer: dict) -> int:
     if not present:
         return 1
     if present != V2_KEYS.keys():
-        raise ValueError("checkpoint config: partial V2 text-projection config, missing "
-                              + ", ".join(sorted(V2_KEYS.keys() - present)))
+        raise ValueError("transformer config: partial V2 text-projection config, missing "
+                         + ", ".join(sorted(V2_KEYS.keys() - present)))
     wrong = [f"{k}={transformer[k]!r} (expected {v!r})" for k, v in V2_KEYS.items() if transformer[k] != v]
     if wrong:
-        raise ValueError("checkpoint config: unsupported text-projection variant: " + ", ".join(wrong))
+        raise ValueError("transformer config: unsupported text-projection variant: " + ", ".join(wrong))
     return 2
 
 
 @dataclass
-class ConnectorConfig:
+class ConnectorConfig(BaseConfig):
     num_attention_heads: int
     attention_head_dim: int
     num_layers: int
@@ -61,16 +62,18 @@ class ConnectorConfig:
             value = t.get(f"connector_{name}", default)
             return t.get(f"audio_connector_{name}", value) if audio else value
 
-        rope = t.get("rope_type", "interleaved")
-        if rope not in ("interleaved", "split"):
-            raise ValueError(f"checkpoint config: unknown rope_type {rope!r}")
-        return cls(num_attention_heads=get("num_attention_heads", 30), attention_head_dim=get("attention_head_dim", 128),
-                   num_layers=get("num_layers", 2),
-                   positional_embedding_max_pos=list(t.get("connector_positional_embedding_max_pos", [1])),
-                   rope_type=rope, double_precision_rope=t.get("frequencies_precision", False) == "float64",
-                   apply_gated_attention=bool(t.get("connector_apply_gated_attention", False)),
-                   # the reference hard-wires 128; real files carry the same number in this key
-                   num_learnable_registers=int(t.get("connector_num_learnable_registers") or 128))
+        return super().from_dict(dict(
+            num_attention_heads=get("num_attention_heads", 30), attention_head_dim=get("attention_head_dim", 128),
+            num_layers=get("num_layers", 2),
+            positional_embedding_max_pos=list(t.get("connector_positional_embedding_max_pos", [1])),
+            rope_type=t.get("rope_type", "interleaved"),
+            double_precision_rope=t.get("frequencies_precision", False) == "float64",
+            apply_gated_attention=bool(t.get("connector_apply_gated_attention", False)),
+            # the reference hard-wires 128; real files carry the same number in this key
+            num_learnable_registers=int(t.get("connector_num_learnable_registers") or 128)))
+
+    def validate(self):
+        check_choice("transformer config (text connectors)", "rope_type", self.rope_type, ROPE_TYPES)
 
     @property
     def inner_dim(self) -> int:
@@ -78,7 +81,7 @@ class ConnectorConfig:
 
 
 @dataclass
-class TextProjectionConfig:
+class TextProjectionConfig(BaseConfig):
     version: int
     embedding_dim: int  # Gemma hidden size
     num_states: int  # Gemma layers + 1 (the embeddings)
@@ -154,91 +157,15 @@ def stack_features(normed: list[mx.array], valid: mx.array) -> mx.array:
 
 # ---------------------------------------------------------------------------------------------------- connectors
 
-def _linspace_like_torch(n: int) -> np.ndarray:
-    """torch.linspace(0, 1, n, float32) in its scalar form (the second half counts back from the end).
-
-    Torch's vectorised CPU kernel can land one ulp away on some entries, which moves the highest
-    frequencies of a float32 grid; real checkpoints ask for the float64 grid, which is exact.
-    """
-    f = np.float32
-    if n == 1:
-        return np.zeros(1, f)
-    step = f(1.0) / f(n - 1)
-    i = np.arange(n)
-    return np.where(i < n // 2, step * i.astype(f), f(1.0) - step * (n - 1 - i).astype(f)).astype(f)
-
-
-def connector_rope(cfg: ConnectorConfig, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin for positions arange(T): split -> (H, T, head_dim/2); interleaved -> (T, inner)."""
-    f32, dim, theta = np.float32, cfg.inner_dim, cfg.positional_embedding_theta
-    n = dim // 2
-    if cfg.double_precision_rope:
-        grid = (np.power(theta, np.linspace(0.0, 1.0, n, dtype=np.float64)) * math.pi / 2).astype(f32)
-    else:
-        grid = (np.power(f32(theta), _linspace_like_torch(n)) * f32(math.pi)) / f32(2)
-    frac = np.arange(T).astype(f32) / f32(cfg.positional_embedding_max_pos[0])
-    angles = (grid[None, :] * (frac * f32(2) - f32(1))[:, None]).astype(np.float64)
-    cos, sin = np.cos(angles).astype(f32), np.sin(angles).astype(f32)
-    if cfg.rope_type == "split":  # dim // 2 frequencies exactly: no padding in 1-D
-        H = cfg.num_attention_heads
-        return cos.reshape(T, H, -1).transpose(1, 0, 2), sin.reshape(T, H, -1).transpose(1, 0, 2)
-    cos, sin = np.repeat(cos, 2, axis=-1), np.repeat(sin, 2, axis=-1)
-    pad = dim % 2
-    cos = np.concatenate([np.ones((T, pad), f32), cos], axis=-1)
-    sin = np.concatenate([np.zeros((T, pad), f32), sin], axis=-1)
-    return cos, sin
-
-
-def apply_split_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def apply_interleaved_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    pairs = x.reshape(*x.shape[:-1], -1, 2)
-    rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-    return x * cos + rotated * sin
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: ConnectorConfig):
-        super().__init__()
-        dim, self.heads, self.dim_head = cfg.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim
-        self.rope_type = cfg.rope_type
-        self.q_norm = nn.RMSNorm(dim, eps=1e-6)
-        self.k_norm = nn.RMSNorm(dim, eps=1e-6)
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        if cfg.apply_gated_attention:
-            self.to_gate_logits = nn.Linear(dim, self.heads)
-        self.to_out = [nn.Linear(dim, dim)]
-
-    def __call__(self, x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-        B, T, C = x.shape
-        H, D = self.heads, self.dim_head
-        q, k, v = self.q_norm(self.to_q(x)), self.k_norm(self.to_k(x)), self.to_v(x)
-        if self.rope_type == "interleaved":
-            q, k = apply_interleaved_rope(q, cos, sin), apply_interleaved_rope(k, cos, sin)
-        q, k, v = (t.reshape(B, T, H, D).transpose(0, 2, 1, 3) for t in (q, k, v))
-        if self.rope_type == "split":
-            q, k = apply_split_rope(q, cos, sin), apply_split_rope(k, cos, sin)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=D ** -0.5).transpose(0, 2, 1, 3)
-        if "to_gate_logits" in self:
-            # 2·sigmoid so that zero logits leave the heads unchanged
-            out = out * (2 * mx.sigmoid(self.to_gate_logits(x)))[..., None]
-        return self.to_out[0](out.reshape(B, T, C))
-
-
 class TransformerBlock1D(nn.Module):
     def __init__(self, cfg: ConnectorConfig):
         super().__init__()
-        self.attn1 = Attention(cfg)
+        self.attn1 = Attention(cfg.inner_dim, None, cfg.num_attention_heads, cfg.attention_head_dim, 1e-6,
+                               cfg.apply_gated_attention)
         self.ff = FeedForward(cfg.inner_dim)
 
-    def __call__(self, x, cos, sin):
-        x = x + self.attn1(mx.fast.rms_norm(x, None, 1e-6), cos, sin)
+    def __call__(self, x: mx.array, pe: RopeTable) -> mx.array:
+        x = x + self.attn1(mx.fast.rms_norm(x, None, 1e-6), pe=pe)
         return x + self.ff(mx.fast.rms_norm(x, None, 1e-6))
 
 
@@ -266,9 +193,13 @@ class Embeddings1DConnector(nn.Module):
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
         x = self.replace_padding_with_registers(x, mask)
-        cos, sin = (mx.array(t).astype(x.dtype) for t in connector_rope(self.config, x.shape[1]))
+        c = self.config
+        # token index t at every position, float32 whatever x's dtype (as the reference's arange grid)
+        positions = mx.arange(x.shape[1], dtype=mx.float32)[None, None]
+        pe = rope_table(positions, c.inner_dim, c.positional_embedding_theta, c.positional_embedding_max_pos,
+                        c.num_attention_heads, c.rope_type, c.double_precision_rope, use_middle=False, dtype=x.dtype)
         for block in self.transformer_1d_blocks:
-            x = block(x, cos, sin)
+            x = block(x, pe)
         return mx.fast.rms_norm(x, None, 1e-6)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -18,6 +18,7 @@ import numpy as np
 
 from .perturbations import Perturbations, PerturbationType
 from .activations import gelu_tanh, maybe_compile
+from .base import BaseConfig, check_choice
 from .rope import ROPE_TYPES, RopeTable, apply_rope, rope_table
 
 PREFIX = "model.diffusion_model."
@@ -37,7 +38,7 @@ _ATTENTION_TYPES = ("default", "pytorch", "xformers", "flash_attention_3")  # ba
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(BaseConfig):
     """`config["transformer"]` of an official checkpoint; absent keys take the reference's code defaults."""
 
     num_attention_heads: int = 32
@@ -72,16 +73,12 @@ class TransformerConfig:
             if d.get(key) != expected:
                 raise ValueError(f"transformer config: {key} is {d.get(key)!r}, but LTX-2 transformers need "
                                  f"{expected!r} (the reference asserts it); this is not an LTX-2/LTX-2.3 checkpoint")
-        names = {f.name for f in fields(cls)}
-        config = cls(**{k: v for k, v in d.items() if k in names and v is not None})
-        config.validate()
-        return config
+        # null values take the code defaults, as absent keys do
+        return super().from_dict({k: v for k, v in d.items() if v is not None})
 
     def validate(self):
-        if self.rope_type not in ROPE_TYPES:
-            raise ValueError(f"transformer config: rope_type {self.rope_type!r} is not one of {ROPE_TYPES}")
-        if self.attention_type not in _ATTENTION_TYPES:
-            raise ValueError(f"transformer config: attention_type {self.attention_type!r} is not one of {_ATTENTION_TYPES}")
+        check_choice("transformer config", "rope_type", self.rope_type, ROPE_TYPES)
+        check_choice("transformer config", "attention_type", self.attention_type, _ATTENTION_TYPES)
         if self.cross_attention_dim != self.inner_dim:
             raise ValueError(f"transformer config: cross_attention_dim ({self.cross_attention_dim}) must equal "
                              f"num_attention_heads x attention_head_dim ({self.inner_dim})")
@@ -268,9 +265,14 @@ class TimestepEmbedding(nn.Module):
 
 
 class CombinedTimestepEmbedding(nn.Module):
+    """PixArt-α combined timestep embedding without the size embedding (the DiT's AdaLN and the video VAE's)."""
+
     def __init__(self, dim: int):
         super().__init__()
         self.timestep_embedder = TimestepEmbedding(256, dim)
+
+    def __call__(self, t: mx.array, dtype: mx.Dtype) -> mx.array:
+        return self.timestep_embedder(timestep_sinusoid(t).astype(dtype))
 
 
 class AdaLayerNormSingle(nn.Module):
@@ -282,7 +284,7 @@ class AdaLayerNormSingle(nn.Module):
         self.linear = nn.Linear(dim, coefficient * dim)
 
     def __call__(self, t: mx.array, dtype) -> tuple[mx.array, mx.array]:
-        embedded = self.emb.timestep_embedder(timestep_sinusoid(t).astype(dtype))
+        embedded = self.emb(t, dtype)
         return self.linear(nn.silu(embedded)), embedded
 
 

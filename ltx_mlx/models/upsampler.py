@@ -7,11 +7,12 @@ un-normalised latents; `upsample_video` wraps one between the VAE statistics' un
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from .base import BaseConfig, check_choice
 from .video_vae import depth_to_space
 
 PREFIX = ""  # upsampler files hold only the upsampler, unprefixed
@@ -19,7 +20,7 @@ RATIONAL_SCALES = {0.75: (3, 4), 1.5: (3, 2), 2.0: (2, 1), 4.0: (4, 1)}
 
 
 @dataclass
-class UpsamplerConfig:
+class UpsamplerConfig(BaseConfig):
     in_channels: int = 128
     mid_channels: int = 512
     num_blocks_per_stage: int = 4
@@ -29,21 +30,17 @@ class UpsamplerConfig:
     spatial_scale: float = 2.0
     rational_resampler: bool = False
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "UpsamplerConfig":
-        names = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in d.items() if k in names})
-        if not (cfg.spatial_upsample or cfg.temporal_upsample):
-            raise ValueError("latent upsampler config: spatial_upsample or temporal_upsample must be true")
-        if cfg.dims not in (2, 3):
-            raise ValueError(f"latent upsampler dims={cfg.dims!r}: only 2 or 3 are supported")
-        if cfg.dims == 2 and (cfg.temporal_upsample or cfg.rational_resampler):
+    def validate(self):
+        if not (self.spatial_upsample or self.temporal_upsample):
+            raise ValueError("latent upsampler config: spatial_upsample or temporal_upsample must be true (both are "
+                             "false)")
+        check_choice("latent upsampler config", "dims", self.dims, (2, 3))
+        if self.dims == 2 and (self.temporal_upsample or self.rational_resampler):
             raise ValueError("latent upsampler with dims=2 supports only the plain spatial ×2 upsampler "
                              "(the reference cannot run temporal or rational ones with 2-D convolutions)")
-        if cfg.spatial_upsample and cfg.rational_resampler and float(cfg.spatial_scale) not in RATIONAL_SCALES:
-            raise ValueError(f"rational upsampler scale {cfg.spatial_scale} is not supported: choose one of "
+        if self.spatial_upsample and self.rational_resampler and float(self.spatial_scale) not in RATIONAL_SCALES:
+            raise ValueError(f"rational upsampler scale {self.spatial_scale} is not supported: choose one of "
                              f"{sorted(RATIONAL_SCALES)}")
-        return cfg
 
 
 def _conv(dims: int, cin: int, cout: int) -> nn.Module:

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import mlx.core as mx
 import numpy as np
+
+# The decoder's source of random draws: noise(shape) -> array.
+Noise = Callable[[tuple], mx.array]
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,19 @@ def decode_tiles(latent_shape: tuple, tiling: TilingConfig, time_factor: int, sp
     return _tiles(axes)
 
 
+def gaussian_noise(key: mx.array | None = None) -> Noise:
+    """The decoder's noise source: successive draws from `key` (or the global MLX seed), one stream for all tiles."""
+    state = [key]
+
+    def draw(shape):
+        if state[0] is None:
+            return mx.random.normal(tuple(shape))
+        state[0], sub = mx.random.split(state[0])
+        return mx.random.normal(tuple(shape), key=sub)
+
+    return draw
+
+
 def _decode_group(decoder, z, group: list[Tile], video_shape, timestep, noise):
     """Weighted sum of one time group's tiles: (buffer, weights) for its frames."""
     B, _, H, W, C = video_shape
@@ -181,15 +197,13 @@ def _decode_group(decoder, z, group: list[Tile], video_shape, timestep, noise):
         hs, ws = tile.target[1], tile.target[2]
         buffer[:, :t, hs, ws] += decoded[:, :t] * mask[:, :t]
         weights[:, :t, hs, ws] += mask[:, :t]
-        mx.eval(buffer, weights)
+        mx.eval(buffer, weights)  # one tile's decode at a time: a group's tiles never share one graph
     return buffer, weights
 
 
 def tiled_decode(decoder, z: mx.array, tiling: TilingConfig, timestep=None, key: mx.array | None = None,
                  noise=None) -> Iterator[mx.array]:
     """Decode normalised latents (B, F', H', W', C) tile by tile; yields (B, frames, H, W, 3) chunks in order."""
-    from .video_vae import gaussian_noise
-
     decoder.check_input(z)
     noise = noise or gaussian_noise(key)
     tf, sf = decoder.time_factor, decoder.space_factor
@@ -210,11 +224,12 @@ def tiled_decode(decoder, z: mx.array, tiling: TilingConfig, timestep=None, key:
                 buffer[:, :n] = prev[:, o:]
                 weights[:, :n] = prev_w[:, o:]
             chunk = (prev / mx.maximum(prev_w, 1e-8))[:, : frames.start - prev_frames.start]
+            # the chunk leaves computed, and this group's buffers no longer hold the previous group's alive
             mx.eval(chunk, buffer, weights)
             yield chunk
         prev, prev_w, prev_frames = buffer, weights, frames
     chunk = prev / mx.maximum(prev_w, 1e-8)
-    mx.eval(chunk)
+    mx.eval(chunk)  # every chunk leaves computed: a consumer may drop it unread (bench/vae_decode_memory.py does)
     yield chunk
 
 
@@ -270,5 +285,5 @@ def tiled_encode(encoder, video: mx.array, tiling: TilingConfig) -> mx.array:
         target = (slice(None), *tile.target)
         latent[target] += encoder(video[(slice(None), *tile.source)]) * mask
         weights[target] += mask
-        mx.eval(latent, weights)
+        mx.eval(latent, weights)  # one tile's encode at a time: the whole video never sits in one graph
     return latent / mx.maximum(weights, 1e-8)

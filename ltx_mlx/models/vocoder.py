@@ -19,6 +19,8 @@ import mlx.nn as nn
 import numpy as np
 
 
+from .base import BaseConfig
+
 VOCODER_PREFIX = "vocoder."
 # The reference hard-wires conv_pre to 128 inputs: stereo × 64 mel bins.
 MEL_CHANNELS = 128
@@ -30,7 +32,7 @@ def _tuple(v):
 
 
 @dataclass
-class GeneratorConfig:
+class GeneratorConfig(BaseConfig):
     """One generator's section; defaults are the reference's `_vocoder_from_config` defaults."""
 
     resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
@@ -47,18 +49,23 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: dict, **overrides) -> "GeneratorConfig":
-        names = {f.name for f in fields(cls)} - {"apply_final_activation"}
-        kw = {k: _tuple(v) for k, v in d.items() if k in names}
-        cfg = cls(**{**kw, **overrides})
-        if len(cfg.upsample_rates) != len(cfg.upsample_kernel_sizes):
-            raise ValueError("vocoder config: upsample_rates and upsample_kernel_sizes differ in length")
-        if len(cfg.resblock_kernel_sizes) != len(cfg.resblock_dilation_sizes):
-            raise ValueError("vocoder config: resblock_kernel_sizes and resblock_dilation_sizes differ in length")
-        return cfg
+        kw = {k: _tuple(v) for k, v in d.items() if k != "apply_final_activation"}  # not a file key
+        return super().from_dict({**kw, **overrides})
+
+    def validate(self):
+        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
+            raise ValueError(f"vocoder config: upsample_rates {list(self.upsample_rates)} and upsample_kernel_sizes "
+                             f"{list(self.upsample_kernel_sizes)} differ in length")
+        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
+            raise ValueError(f"vocoder config: resblock_kernel_sizes {list(self.resblock_kernel_sizes)} and "
+                             f"resblock_dilation_sizes {list(self.resblock_dilation_sizes)} differ in length")
+        for dil in self.resblock_dilation_sizes:
+            if len(dil) < 3:
+                raise ValueError(f"vocoder config: resblock_dilation_sizes entries need 3 dilations, got {list(dil)}")
 
 
 @dataclass
-class BWEConfig:
+class BWEConfig(BaseConfig):
     input_sampling_rate: int
     output_sampling_rate: int
     hop_length: int
@@ -67,7 +74,7 @@ class BWEConfig:
 
 
 @dataclass
-class VocoderConfig:
+class VocoderConfig(BaseConfig):
     vocoder: GeneratorConfig
     bwe_generator: GeneratorConfig | None = None
     bwe: BWEConfig | None = None
@@ -81,11 +88,10 @@ class VocoderConfig:
         main, bwe = d.get("vocoder", {}), d["bwe"]
         _expect(main, "vocoder.vocoder", resblock="AMP1", stereo=True, activation="snakebeta")
         _expect(bwe, "vocoder.bwe", resblock="AMP1", stereo=True, activation="snakebeta")
-        missing = [k for k in ("input_sampling_rate", "output_sampling_rate", "hop_length", "n_fft", "num_mels")
-                   if k not in bwe]
+        missing = [f.name for f in fields(BWEConfig) if f.name not in bwe]
         if missing:
             raise ValueError(f"vocoder config: the 'bwe' section lacks {missing}")
-        b = BWEConfig(**{f.name: bwe[f.name] for f in fields(BWEConfig)})
+        b = BWEConfig.from_dict(bwe)
         return cls(GeneratorConfig.from_dict(main, output_sampling_rate=b.input_sampling_rate),
                    GeneratorConfig.from_dict(bwe, apply_final_activation=False,
                                              output_sampling_rate=b.output_sampling_rate), b)
@@ -307,8 +313,6 @@ class Vocoder(nn.Module):
         for i in range(len(self.ups)):
             ch = C // 2 ** (i + 1)
             for k, dil in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
-                if len(dil) < 3:
-                    raise ValueError(f"vocoder config: resblock_dilation_sizes entries need 3 dilations, got {dil}")
                 dil = dil[:3]  # the reference's blocks have exactly three conv pairs
                 block = AMPBlock1(ch, k, dil, cfg.activation) if self.is_amp else ResBlock1(ch, k, dil)
                 self.resblocks.append(block)
