@@ -30,6 +30,8 @@ CONFIGS = {
     "released": audio_cfg(),
     # mid-block attention plus attention at the 128 "resolution" (encoder level 1, decoder level 1)
     "attention": audio_cfg(mid_block_add_attention=True, attn_resolutions=[128]),
+    # attn_type "none": the reference encoder drops its attention blocks, its decoder keeps vanilla ones
+    "attention_type_none": audio_cfg(mid_block_add_attention=True, attn_resolutions=[128], attn_type="none"),
     "two_blocks_non_causal_groupnorm": audio_cfg(num_res_blocks=2, causality_axis=None, norm_type="group"),
     "width_causal": audio_cfg(causality_axis="width"),
 }

@@ -143,8 +143,8 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(h.reshape(B, T, F, C))
 
 
-def _attn(channels: int, cfg: AudioVAEConfig) -> nn.Module:
-    return AttnBlock(channels, cfg.norm_type) if cfg.attn_type == "vanilla" else nn.Identity()
+def _attn(channels: int, cfg: AudioVAEConfig, attn_type: str) -> nn.Module:
+    return AttnBlock(channels, cfg.norm_type) if attn_type == "vanilla" else nn.Identity()
 
 
 _DOWN_PADDING = {None: [(0, 1), (0, 1)], "height": [(2, 0), (0, 1)],
@@ -205,10 +205,10 @@ class Level(nn.Module):
 
 
 class MidBlock(nn.Module):
-    def __init__(self, channels: int, cfg: AudioVAEConfig):
+    def __init__(self, channels: int, cfg: AudioVAEConfig, attn_type: str):
         super().__init__()
         self.block_1 = ResnetBlock(channels, channels, cfg)
-        self.attn_1 = _attn(channels, cfg) if cfg.mid_block_add_attention else nn.Identity()
+        self.attn_1 = _attn(channels, cfg, attn_type) if cfg.mid_block_add_attention else nn.Identity()
         self.block_2 = ResnetBlock(channels, channels, cfg)
 
     def __call__(self, h):
@@ -258,13 +258,13 @@ class AudioEncoder(nn.Module):
         for level, mult in enumerate(cfg.ch_mult):
             cin, cout = ch * in_mult[level], ch * mult
             blocks = [ResnetBlock(cin if i == 0 else cout, cout, cfg) for i in range(cfg.num_res_blocks)]
-            attn = [_attn(cout, cfg) for _ in blocks] if res in cfg.attn_resolutions else []
+            attn = [_attn(cout, cfg, cfg.attn_type) for _ in blocks] if res in cfg.attn_resolutions else []
             last = level == len(cfg.ch_mult) - 1
             down = None if last else Downsample(cout, cfg.resamp_with_conv, axis)
             self.down.append(Level(blocks, attn, down, "downsample"))
             res = res if last else res // 2
         top = ch * cfg.ch_mult[-1]
-        self.mid = MidBlock(top, cfg)
+        self.mid = MidBlock(top, cfg, cfg.attn_type)
         self.norm_out = _norm(top, cfg.norm_type)
         self.conv_out = CausalConv2d(top, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, 3, axis)
 
@@ -290,12 +290,13 @@ class AudioDecoder(nn.Module):
         self.per_channel_statistics = PerChannelStatistics(ch)
         cin = ch * cfg.ch_mult[-1]
         self.conv_in = CausalConv2d(cfg.z_channels, cin, 3, axis)
-        self.mid = MidBlock(cin, cfg)
+        # The reference decoder always builds vanilla attention, whatever attn_type says (the encoder follows it).
+        self.mid = MidBlock(cin, cfg, "vanilla")
         res, up = cfg.resolution // 2 ** (n - 1), [None] * n
         for level in reversed(range(n)):
             cout = ch * cfg.ch_mult[level]
             blocks = [ResnetBlock(cin if i == 0 else cout, cout, cfg) for i in range(cfg.num_res_blocks + 1)]
-            attn = [_attn(cout, cfg) for _ in blocks] if res in cfg.attn_resolutions else []
+            attn = [_attn(cout, cfg, "vanilla") for _ in blocks] if res in cfg.attn_resolutions else []
             # The reference decoder always resamples with a conv, whatever resamp_with_conv says.
             upsample = Upsample(cout, True, axis) if level != 0 else None
             up[level] = Level(blocks, attn, upsample, "upsample")
