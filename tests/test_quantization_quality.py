@@ -21,7 +21,7 @@ from ltx_mlx.diffusion import DISTILLED_SIGMA_VALUES
 from ltx_mlx.pipelines.common import Generation, euler_loop, simple
 from ltx_mlx.pipelines.settings import resolve_settings
 from ltx_mlx.weights.convert import quantization_plans
-from ltx_mlx.weights.quantize import MODES, quantized_layers
+from ltx_mlx.weights.quantize import MODES, SUPPORTED, quantized_layers
 from ltx_mlx.models.transformer import X0Model
 from pipeline_fixtures import pipeline_overrides
 from text_fixtures import TINY_TEXT, save_gemma_folder, tiny_gemma
@@ -207,5 +207,9 @@ def test_more_bits_less_error(runs):
         assert runs("q4-g32")[metric] < runs("q4-g128")[metric], metric
 
 
-def test_every_mode_is_measured():
-    assert {CASES[c][2] for c in CASES} == set(MODES)
+def test_every_offered_setting_is_measured():
+    """Each mode, bits and group size that QuantizationPlan.validate (and so the CLI) accepts has a case above."""
+    for mode, (bits, groups) in SUPPORTED.items():
+        assert set(bits) <= {c[0] for c in CASES.values() if c[2] == mode}, mode
+        assert set(groups) <= {c[1] for c in CASES.values() if c[2] == mode}, mode
+    assert set(SUPPORTED) == set(MODES)
