@@ -1,13 +1,16 @@
 """Quantization plans: exactly the intended layers, mixed precision, and a reload that rebuilds the same model."""
 
+import re
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+from ltx_mlx.cli.convert import build_parser, options_from_args
 from ltx_mlx.weights.checkpoint import load_strict
-from ltx_mlx.weights.quantize import QuantizationPlan, quantize_like_saved, quantize_model, quantized_layers
+from ltx_mlx.weights.quantize import MODES, QuantizationPlan, quantize_like_saved, quantize_model, quantized_layers
 
 
 class Attn(nn.Module):
@@ -77,6 +80,31 @@ def test_bad_settings():
         quantize_model(Toy(), QuantizationPlan(bits=4, group_size=48))
     with pytest.raises(ValueError, match="use 16"):
         quantize_model(Toy(), QuantizationPlan(bits=4, group_size=32, mode="nvfp4"))
+
+
+@pytest.mark.parametrize("plan,message", [
+    (dict(bits=3), "--q-bits 3 is not supported with mode affine; use 4 or 8"),  # unmeasured: not offered
+    (dict(bits=4, mode="mxfp8", group_size=32), "--q-bits 4 is not supported with mode mxfp8; use 8"),
+    (dict(bits=8, mode="mxfp4", group_size=32), "--q-bits 8 is not supported with mode mxfp4; use 4"),
+    (dict(bits=8, mode="nvfp4", group_size=16), "--q-bits 8 is not supported with mode nvfp4; use 4"),
+    (dict(bits=4, mode="mxfp4", group_size=32, high_bits=8, edge_blocks=1), "--q-high-bits 8 is not supported"),
+    (dict(bits=4, mode="mxfp4", group_size=64), "--q-group-size 64 is not supported with mode mxfp4; use 32"),
+    (dict(bits=4, group_size=16), "--q-group-size 16 is not supported with mode affine; use 32 or 64 or 128"),
+])
+def test_settings_outside_the_measured_ones_are_refused(plan, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        QuantizationPlan(**plan).validate()
+
+
+def test_cli_offers_the_measured_modes():
+    args = build_parser().parse_args(["--checkpoint-path", "x", "-q", "--q-mode", "nvfp4", "--q-group-size", "16"])
+    plans = options_from_args(args).quantize
+    assert {n: (p.bits, p.group_size, p.mode) for n, p in plans.items()} == {n: (4, 16, "nvfp4") for n in plans}
+    mode = next(a for a in build_parser()._actions if a.dest == "q_mode")
+    assert tuple(mode.choices) == MODES
+    args = build_parser().parse_args(["--checkpoint-path", "x", "-q", "--q-mode", "mxfp8", "--q-group-size", "32"])
+    with pytest.raises(ValueError, match="use 8"):
+        options_from_args(args)
 
 
 def test_plan_is_not_mutated():

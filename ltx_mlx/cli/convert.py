@@ -32,15 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlx-path", default="mlx_model", help="output folder (default: mlx_model)")
     p.add_argument("--dtype", choices=list(DTYPES), default="bfloat16", help="weights dtype (default: bfloat16)")
     p.add_argument("-q", "--quantize", action="store_true", help="quantize the transformer blocks and Gemma's layers")
-    p.add_argument("--q-bits", type=int, choices=(4, 8), default=4, help="bits per weight (default: 4)")
-    p.add_argument("--q-group-size", type=int, choices=(32, 64, 128), default=64, help="group size (default: 64)")
-    p.add_argument("--q-mode", choices=[m for m in MODES if m != "nvfp4"], default="affine",
-                   help="quantization mode (default: affine; mxfp4/mxfp8 need --q-group-size 32)")
+    p.add_argument("--q-bits", type=int, choices=(4, 8), default=4,
+                   help="bits per weight (default: 4; mxfp8 needs 8, mxfp4 and nvfp4 need 4)")
+    p.add_argument("--q-group-size", type=int, choices=(16, 32, 64, 128), default=64,
+                   help="weights per scale (default: 64; mxfp4 and mxfp8 need 32, nvfp4 needs 16)")
+    p.add_argument("--q-mode", choices=MODES, default="affine",
+                   help="quantization mode (default: affine, a scale and offset per group; mxfp4, mxfp8 and nvfp4 "
+                        "store floats with shared scales)")
     p.add_argument("--quantize-components", nargs="+", choices=QUANTIZABLE, default=list(QUANTIZABLE),
                    help="which components -q quantizes (default: transformer gemma)")
     p.add_argument("--transformer-q-bits", type=int, choices=(4, 8), help="bits for the transformer (default: --q-bits)")
     p.add_argument("--gemma-q-bits", type=int, choices=(4, 8), help="bits for Gemma (default: --q-bits)")
-    p.add_argument("--q-high-bits", type=int, choices=(4, 8), help="mixed precision: bits for the first/last blocks")
+    p.add_argument("--q-high-bits", type=int, choices=(4, 8),
+                   help="mixed precision: bits for the first/last --q-edge-blocks blocks (affine; the float "
+                        "modes have fixed bits)")
     p.add_argument("--q-edge-blocks", type=int, default=2,
                    help="mixed precision: how many first and last blocks get --q-high-bits (default: 2)")
     p.add_argument("--force", action="store_true", help="replace an existing --mlx-path")

@@ -16,6 +16,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 MODES = ("affine", "mxfp4", "mxfp8", "nvfp4")
+# The settings tests/test_quantization_quality.py measures: mode -> (bits, group sizes).
+SUPPORTED = {"affine": ((4, 8), (32, 64, 128)), "mxfp4": ((4,), (32,)), "mxfp8": ((8,), (32,)),
+             "nvfp4": ((4,), (16,))}
 
 
 @dataclass
@@ -30,12 +33,14 @@ class QuantizationPlan:
     def validate(self):
         if self.mode not in MODES:
             raise ValueError(f"quantization mode {self.mode!r} is not one of {MODES}")
-        if self.mode == "affine" and self.bits not in (2, 3, 4, 5, 6, 8):
-            raise ValueError(f"--q-bits {self.bits} is not supported; use 4 or 8 (or 2, 3, 5, 6)")
-        allowed = {"affine": (32, 64, 128), "mxfp4": (32,), "mxfp8": (32,), "nvfp4": (16,)}[self.mode]
-        if self.group_size not in allowed:
+        bits, groups = SUPPORTED[self.mode]
+        for flag, value in (("--q-bits", self.bits), ("--q-high-bits", self.high_bits)):
+            if value is not None and value not in bits:
+                raise ValueError(f"{flag} {value} is not supported with mode {self.mode}; "
+                                 f"use {' or '.join(map(str, bits))}")
+        if self.group_size not in groups:
             raise ValueError(f"--q-group-size {self.group_size} is not supported with mode {self.mode}; "
-                             f"use {' or '.join(map(str, allowed))}")
+                             f"use {' or '.join(map(str, groups))}")
 
     def as_config(self) -> dict:
         """The `quantization` entry of a converted folder's config.json."""
