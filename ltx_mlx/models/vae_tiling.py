@@ -1,4 +1,4 @@
-"""Tiled video VAE decoding (streamed, chunk by chunk in time) and encoding, blended like the reference's tiling.
+"""Tiled video VAE decoding (streamed, chunk by chunk in time), blended like the reference's tiled decode.
 
 Decoding splits the latent into overlapping tiles in time and space, decodes each tile, weights it with a
 separable trapezoid mask and divides by the summed weights. Tiles are visited time-group by time-group and a
@@ -84,14 +84,6 @@ def split_temporal_latents(length: int, size: int, overlap: int) -> list[Interva
     return tiles[:1] + [Interval(t.start - 1, t.end, t.left + 1, t.right) for t in tiles[1:]]
 
 
-def split_temporal_frames(length: int, size: int, overlap: int) -> list[Interval]:
-    """Pixel-frame tiles for encoding: each but the last takes one extra frame, no right ramps."""
-    tiles = split_symmetric(length, size, overlap)
-    if len(tiles) == 1:
-        return tiles
-    return [Interval(t.start, t.end + (i < len(tiles) - 1), t.left, 0) for i, t in enumerate(tiles)]
-
-
 def trapezoid_mask(length: int, left: int, right: int, left_from_zero: bool = False) -> np.ndarray:
     """Linear ramps that exclude their 0 and 1 end points (the left one starts at 0 when `left_from_zero`)."""
     left, right = max(0, min(left, length)), max(0, min(right, length))
@@ -101,14 +93,6 @@ def trapezoid_mask(length: int, left: int, right: int, left_from_zero: bool = Fa
         mask[:left] *= ramp.astype(np.float32)
     if right:
         mask[length - right:] *= np.linspace(1.0, 0.0, right + 2)[1:-1].astype(np.float32)
-    return mask
-
-
-def rectangular_mask(length: int, left: int, right: int) -> np.ndarray:
-    mask = np.ones(length, np.float32)
-    mask[:left] = 0
-    if right:
-        mask[length - right:] = 0
     return mask
 
 
@@ -237,53 +221,3 @@ def tiled_decode(decoder, z: mx.array, tiling: TilingConfig, timestep=None, key:
 # Encoding
 
 MIN_SPATIAL_OVERLAP, MIN_TEMPORAL_OVERLAP = 64, 16
-
-
-def encode_tiles(video_shape: tuple, tiling: TilingConfig, time_factor: int, space_factor: int) -> list[Tile]:
-    """Pixel-space tiles of a (B, F, H, W, 3) video with hard (rectangular) masks in latent space.
-
-    Overlaps are raised to 64 px / 16 frames so each tile can drop its padded border latents. Where the
-    reference then divides by zero (tile size equal to the raised overlap), we raise a ValueError instead.
-    """
-    _, F, H, W, _ = video_shape
-    axes = [_whole(F), _whole(H), _whole(W)]
-    if tiling.spatial_config is not None:
-        size = tiling.spatial_config.tile_size_in_pixels
-        overlap = max(tiling.spatial_config.tile_overlap_in_pixels, MIN_SPATIAL_OVERLAP)
-        if overlap >= size and max(H, W) > size:
-            raise ValueError(f"tiled encoding needs spatial tiles larger than the {overlap} px overlap: "
-                             f"use tile_size_in_pixels >= {overlap + 32}")
-        for axis, length in ((1, H), (2, W)):
-            iv = split_symmetric(length, size, overlap)
-            axes[axis] = (iv, [slice(t.start // space_factor, t.end // space_factor) for t in iv],
-                          [rectangular_mask((t.end - t.start) // space_factor, max(0, t.left // space_factor - 1),
-                                            1 if t.right else 0) for t in iv])
-    if tiling.temporal_config is not None:
-        size = tiling.temporal_config.tile_size_in_frames
-        overlap = max(tiling.temporal_config.tile_overlap_in_frames, MIN_TEMPORAL_OVERLAP)
-        if overlap >= size and F > size:
-            raise ValueError(f"tiled encoding needs temporal tiles longer than the {overlap}-frame overlap: "
-                             f"use tile_size_in_frames >= {overlap + 8}")
-        iv = split_temporal_frames(F, size, overlap)
-        targets = [slice(t.start // time_factor, (t.end - 1) // time_factor + 1) for t in iv]
-        masks = [rectangular_mask(s.stop - s.start, 0 if t.left == 0 else 1 + (t.left - 1) // time_factor, 0)
-                 for t, s in zip(iv, targets)]
-        axes[0] = (iv, targets, masks)
-    return _tiles(axes)
-
-
-def tiled_encode(encoder, video: mx.array, tiling: TilingConfig) -> mx.array:
-    """Encode (B, F, H, W, 3) video tile by tile into normalised latents (B, F', H', W', C)."""
-    encoder.check_input(video)
-    tf, sf = encoder.time_factor, encoder.space_factor
-    B, F, H, W, _ = video.shape
-    shape = (B, (F - 1) // tf + 1, H // sf, W // sf, encoder.cfg.latent_channels)
-    latent = mx.zeros(shape, dtype=video.dtype)
-    weights = mx.zeros((1, *shape[1:4], 1), dtype=video.dtype)
-    for tile in encode_tiles(video.shape, tiling, tf, sf):
-        mask = tile.mask().astype(video.dtype)
-        target = (slice(None), *tile.target)
-        latent[target] += encoder(video[(slice(None), *tile.source)]) * mask
-        weights[target] += mask
-        mx.eval(latent, weights)  # one tile's encode at a time: the whole video never sits in one graph
-    return latent / mx.maximum(weights, 1e-8)
