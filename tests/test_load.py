@@ -103,3 +103,30 @@ def test_bad_paths(tmp_path, official):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ltx_mlx.load(tmp_path / "missing")
     assert not hasattr(ltx_mlx, "nope")
+
+
+def test_every_documented_accessor_builds_its_part(official, cache):
+    """The component accessors README.md documents, on a folder with every part (an upsampler included)."""
+    from convert_fixtures import write_upsamplers
+
+    ckpt, gemma, config = official
+    up = write_upsamplers(ckpt.parent, "2")["spatial_upsampler_x2"][1]
+    model = ltx_mlx.load(ckpt, gemma_root=gemma, spatial_upsamplers=[str(up)], dtype="float32", progress=False)
+    built = {name: getattr(model, name)() for name in (
+        "transformer", "text_projection", "gemma", "video_encoder", "video_decoder", "audio_encoder", "audio_decoder",
+        "vocoder", "spatial_upsampler")}
+    assert {k: type(v).__name__ for k, v in built.items()} == {
+        "transformer": "LTXModel", "text_projection": "TextProjection", "gemma": "Gemma3TextModel",
+        "video_encoder": "VideoEncoder", "video_decoder": "VideoDecoder", "audio_encoder": "AudioEncoder",
+        "audio_decoder": "AudioDecoder", "vocoder": "Vocoder", "spatial_upsampler": "LatentUpsampler"}
+    ids, mask = model.tokenizer(max_length=128)("a cat")
+    assert ids.shape == mask.shape == (1, 128)
+    assert model.text_encoder(max_length=128).encode(["a cat"])[0].video.shape[:2] == (1, 128)
+    assert set(model.components) >= set(built) - {"spatial_upsampler"} | {"spatial_upsampler_x2"}
+    assert model.config["format_version"] == 2
+    with pytest.raises(CheckpointError, match="0 temporal upsamplers"):
+        model.temporal_upsampler()
+    with pytest.raises(CheckpointError, match="has no distilled_lora"):
+        model.distilled_lora()
+    model.free()
+    assert model._loaded == {}
