@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+import torch
 
 import ltx_mlx
 from convert_fixtures import write_official
@@ -25,7 +26,7 @@ from ltx_mlx.pipelines.settings import resolve_settings
 from ltx_mlx.weights.convert import quantization_plans
 from ltx_mlx.weights.quantize import MODES, SUPPORTED, quantized_layers
 from ltx_mlx.models.transformer import X0Model
-from pipeline_fixtures import pipeline_overrides
+from pipeline_fixtures import VIDEO_LATENT_CHANNELS, pipeline_overrides
 from text_fixtures import TINY_TEXT, save_gemma_folder, tiny_gemma
 
 # Video and audio streams 128 wide (FFs 512): every block linear groups by 16, 32, 64 and 128.
@@ -93,8 +94,6 @@ def with_outliers(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def outlier_transformer(tensors: dict) -> dict:
-    import torch
-
     rng = np.random.default_rng(11)
     for key in sorted(tensors):
         v = tensors[key]
@@ -104,8 +103,6 @@ def outlier_transformer(tensors: dict) -> dict:
 
 
 def outlier_gemma(folder):
-    import torch
-
     model = tiny_gemma("multimodal", seed=7)
     rng = np.random.default_rng(12)
     with torch.no_grad():
@@ -126,9 +123,10 @@ def weight_error(quantized, dense) -> float:
     diff = norm = 0.0
     for path, m in quantized.named_modules():
         if isinstance(m, nn.QuantizedLinear):
-            w = mx.dequantize(m.weight, m.scales, m.get("biases"), group_size=m.group_size, bits=m.bits, mode=m.mode)
+            w = mx.dequantize(m.weight, m.scales, m.get("biases"), group_size=m.group_size, bits=m.bits, mode=m.mode,
+                              dtype=mx.float32)
             ref = np.array(floats[path].weight, dtype=np.float64)
-            diff += float(((np.array(w.astype(mx.float32), dtype=np.float64) - ref) ** 2).sum())
+            diff += float(((np.array(w, dtype=np.float64) - ref) ** 2).sum())
             norm += float((ref ** 2).sum())
     return float(np.sqrt(diff / norm))
 
@@ -146,7 +144,7 @@ def denoise(bundle, transformer, context):
     g0 = Generation(bundle, settings(()), progress=False)
     vt, at = g0.video_tools(H, W), g0.audio_tools()
     rng = np.random.default_rng(3)
-    noise = {"video": mx.array(rng.standard_normal((1, vt.token_count, 8)).astype(np.float32)),
+    noise = {"video": mx.array(rng.standard_normal((1, vt.token_count, VIDEO_LATENT_CHANNELS)).astype(np.float32)),
              "audio": mx.array(rng.standard_normal((1, at.token_count, at.channels * at.mel_bins)).astype(np.float32))}
     g = Generation(bundle, settings((noise,)), progress=False)
     video, audio = g.denoise("stage 1", 0, euler_loop(simple(X0Model(transformer), context)), DISTILLED_SIGMA_VALUES,
@@ -170,7 +168,7 @@ class Runs:
 
     def open(self, name, plans):
         out = convert(str(self.ckpt), str(self.tmp / name), str(self.gemma),
-                      options=ConvertOptions(dtype="float32", quantize=plans, progress=False))
+                      options=ConvertOptions(dtype="float32", quantize=plans, progress=False, force=True))
         return ltx_mlx.load(out)
 
     def __call__(self, case: str) -> dict:
