@@ -28,7 +28,7 @@ sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "tests")]
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
-from loading import load_official
+from loading import load_official  # noqa: E402  (tests/ on sys.path: the one load path)
 
 PREFIX = "model.diffusion_model."
 
