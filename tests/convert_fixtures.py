@@ -1,14 +1,18 @@
 """Tiny but complete official-format LTX-2 / LTX-2.3 models built from the live reference: one combined
-checkpoint (transformer, text projection, video VAE, audio VAE, vocoder), a Gemma-3 folder, LoRA files, and
-deterministic inputs for every component."""
+checkpoint (transformer, text projection, video VAE, audio VAE, vocoder), a Gemma-3 folder, LoRA files,
+deterministic inputs for every component, and convert.py run in-process."""
 
 import copy
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from audio_fixtures import V1 as HIFIGAN
+from audio_fixtures import V2 as BIGVGAN_BWE
+from audio_fixtures import audio_cfg, reference_vocoder
 from dit_reference import build_reference as build_transformer
 from dit_reference import tiny_config
 from ltx_core.model.audio_vae import AudioDecoderConfigurator, AudioEncoderConfigurator
@@ -16,23 +20,20 @@ from ltx_core.text_encoders.gemma.embeddings_connector import (AudioEmbeddings1D
                                                               Embeddings1DConnectorConfigurator)
 from ltx_core.text_encoders.gemma.embeddings_processor import EmbeddingsProcessor
 from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV1, FeatureExtractorV2
+from ltx_mlx.cli.convert import main
 from ltx_mlx.latents import audio_positions, video_positions
 from ltx_mlx.models.text_projection import PREFIXES
 from ltx_mlx.models.transformer import Modality
 from reference import prefixed_state_dict, randomize_, save_official_checkpoint
-from test_audio_vae import audio_cfg
-from test_upsampler import TINY as TINY_UPSAMPLER
-from test_upsampler import build as build_upsampler
-from test_video_vae import build_reference as build_video_vae
-from test_video_vae import vae_config
-from test_vocoder import V1 as HIFIGAN
-from test_vocoder import V2 as BIGVGAN_BWE
-from test_vocoder import reference_vocoder
 from text_fixtures import TINY_TEXT, save_gemma_folder, tiny_gemma
+from vae_fixtures import TINY_UPSAMPLER, build_upsampler, vae_config
+from vae_fixtures import build_reference as build_video_vae
 
 GEMMA_HIDDEN = TINY_TEXT["hidden_size"]
 GEMMA_STATES = TINY_TEXT["num_hidden_layers"] + 1
 VERSIONS = {"2": "2.0.0", "2.3": "2.3.0"}
+# Every width a multiple of 32 (video 64, audio 32, FFs 256/128), so group size 32 quantizes every block linear.
+DIMS = dict(num_attention_heads=2, attention_head_dim=32, audio_num_attention_heads=2, audio_attention_head_dim=16)
 
 
 def transformer_config(version: str, **overrides) -> dict:
@@ -200,3 +201,26 @@ def component_outputs(name: str, model, config: dict, seed: int = 0) -> list[mx.
     out = [o for o in (out if isinstance(out, (list, tuple)) else [out]) if o is not None]
     mx.eval(out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- convert.py CLI
+
+
+def run_cli(*args) -> tuple[int, str]:
+    """(exit code, stderr) of `convert.py args` run in-process."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args] + ["--quiet"])
+    return rc, err.getvalue()
+
+
+def assert_clean_failure(rc, err, out: Path, *phrases):
+    assert rc == 1
+    assert err.count("\n") == 1 and err.startswith("convert.py: error: ") and "Traceback" not in err, err
+    for phrase in phrases:
+        assert phrase in err, err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]

@@ -1,15 +1,20 @@
-"""Reference-side helpers for the transformer tests: tiny configs, a randomised reference LTXModel saved as an
-official checkpoint, and converters from our inputs/perturbations to the reference's."""
+"""Reference-side helpers for the transformer tests: tiny and full-size configs, a randomised reference LTXModel
+saved as an official checkpoint, random reference inputs, and converters from our inputs/perturbations to the
+reference's."""
 
 import copy
+import dataclasses
 import math
 
 import mlx.core as mx
 import numpy as np
 import torch
+from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier
 from ltx_core.guidance.perturbations import (BatchedPerturbationConfig, Perturbation as RefPerturbation,
                                              PerturbationConfig, PerturbationType)
 from ltx_core.model.transformer import LTXModelConfigurator, Modality as RefModality
+from ltx_core.tools import AudioLatentTools, VideoLatentTools
+from ltx_core.types import AudioLatentShape, VideoLatentShape
 
 from ltx_mlx.models.transformer import Modality
 from reference import prefixed_state_dict, randomize_, save_official_checkpoint
@@ -56,6 +61,25 @@ def tiny_config(version: str) -> dict:
     return t
 
 
+# Real metadata (spec 1.3; third-party reported): the reference builds these on the meta device.
+FULL_BASE = dict(
+    ASSERTED, attention_head_dim=128, audio_attention_head_dim=64, audio_cross_attention_dim=2048,
+    audio_num_attention_heads=32, audio_out_channels=128, audio_in_channels=128, audio_positional_embedding_max_pos=[20],
+    av_ca_timestep_scale_multiplier=1000.0, caption_channels=3840, connector_attention_head_dim=128,
+    connector_num_learnable_registers=128, connector_positional_embedding_max_pos=[4096], cross_attention_dim=4096,
+    frequencies_precision="float64", in_channels=128, norm_eps=1e-6, num_attention_heads=32, num_layers=48,
+    out_channels=128, positional_embedding_max_pos=[20, 2048, 2048], positional_embedding_theta=10000.0,
+    rope_type="split", timestep_scale_multiplier=1000)
+FULL = {
+    "ltx-2": dict(FULL_BASE, connector_num_attention_heads=30, connector_num_layers=2),
+    "ltx-2.3": dict(FULL_BASE, connector_num_attention_heads=32, connector_num_layers=8,
+                    audio_connector_num_attention_heads=32, audio_connector_attention_head_dim=64,
+                    connector_apply_gated_attention=True, apply_gated_attention=True, cross_attention_adaln=True,
+                    caption_proj_before_connector=True, caption_projection_first_linear=False,
+                    caption_projection_second_linear=False, caption_proj_input_norm=False),
+}
+
+
 def build_reference(transformer_cfg: dict, seed: int = 1):
     model = LTXModelConfigurator.from_config({"transformer": copy.deepcopy(transformer_cfg)})
     model = model.to_empty(device="cpu")
@@ -94,6 +118,45 @@ def ref_perturbations(per_sample) -> BatchedPerturbationConfig:
     return BatchedPerturbationConfig([
         PerturbationConfig([RefPerturbation(PerturbationType[p.type.name], None if p.blocks is None else list(p.blocks))
                             for p in sample]) for sample in per_sample])
+
+
+def make_inputs(cfg, batch=1, fps=24.0, seed=0, frames=3, h=2, w=3, audio_frames=7):
+    g = torch.Generator().manual_seed(seed)
+    C, AC = cfg["in_channels"], cfg["audio_in_channels"]
+    vshape = VideoLatentShape(batch, C, frames, h, w)
+    vstate = VideoLatentTools(VideoLatentPatchifier(1), vshape, fps=fps).create_initial_state(
+        "cpu", torch.float32, torch.randn(tuple(vshape.to_torch_shape()), generator=g))
+    ashape = AudioLatentShape(batch, 2, audio_frames, AC // 2)
+    astate = AudioLatentTools(AudioPatchifier(1), ashape).create_initial_state(
+        "cpu", torch.float32, torch.randn(tuple(ashape.to_torch_shape()), generator=g))
+    projected = not cfg.get("caption_proj_before_connector", False)
+    vctx_dim = cfg["caption_channels"] if projected else cfg["cross_attention_dim"]
+    actx_dim = cfg["caption_channels"] if projected else cfg["audio_cross_attention_dim"]
+    sigma = torch.linspace(0.8, 0.55, batch)
+    vmask, amask = vstate.denoise_mask, astate.denoise_mask
+    video = RefModality(latent=vstate.latent, sigma=sigma, timesteps=vmask * sigma[:, None, None],
+                        positions=vstate.positions, context=torch.randn(batch, 5, vctx_dim, generator=g))
+    audio = RefModality(latent=astate.latent, sigma=sigma.flip(0) * 0.9, timesteps=amask * sigma.flip(0)[:, None, None] * 0.9,
+                        positions=astate.positions, context=torch.randn(batch, 6, actx_dim, generator=g))
+    return video, audio, g
+
+
+def conditioned(video: RefModality, audio: RefModality, g, hw: int):
+    """Random per-token denoise masks, the first latent frame fully clean (image conditioning), a [0,1]
+    self-attention mask with hard zeros, and an integer text-context mask."""
+    B, T, _ = video.latent.shape
+    vmask = torch.rand(B, T, 1, generator=g)
+    vmask[:, :hw] = 0.0
+    amask = torch.rand(B, audio.latent.shape[1], 1, generator=g)
+    att = torch.rand(B, T, T, generator=g)
+    att[att < 0.2] = 0.0
+    att[:, torch.arange(T), torch.arange(T)] = 1.0
+    ctx_mask = torch.ones(B, video.context.shape[1], dtype=torch.int64)
+    ctx_mask[:, -2:] = 0
+    video = dataclasses.replace(video, timesteps=vmask * video.sigma[:, None, None], attention_mask=att,
+                                context_mask=ctx_mask)
+    audio = dataclasses.replace(audio, timesteps=amask * audio.sigma[:, None, None])
+    return video, audio
 
 
 def _mx(t):

@@ -7,7 +7,7 @@ from pathlib import Path
 from convert_fixtures import VERSIONS, write_lora, write_official, write_upsamplers
 from dit_reference import tiny_config
 
-VIDEO_LATENT_CHANNELS = 8  # test_video_vae.vae_config
+VIDEO_LATENT_CHANNELS = 8  # vae_fixtures.vae_config
 AUDIO_TOKEN_WIDTH = 2 * 16  # audio_cfg: z_channels 2, 64 mel bins / 4
 
 

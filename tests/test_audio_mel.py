@@ -163,8 +163,7 @@ def test_channels_and_lengths():
 def test_encode_and_decode_audio_match_the_reference(tmp_path, monkeypatch):
     """Waveform → latent → waveform: ours end to end vs the reference's encode_audio (its AudioProcessor on
     mel_reference) and decode_audio."""
-    from test_audio_vae import CONFIGS as VAE_CONFIGS, write_checkpoint as write_vae
-    from test_vocoder import V2, reference_vocoder
+    from audio_fixtures import AUDIO_VAE_CONFIGS as VAE_CONFIGS, V2, reference_vocoder, write_audio_vae as write_vae
 
     from ltx_core.model.audio_vae import decode_audio as ref_decode_audio
     from ltx_core.model.audio_vae import encode_audio as ref_encode_audio

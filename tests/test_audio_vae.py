@@ -6,58 +6,20 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from reference import assert_parity, randomize_, save_official_checkpoint, to_mx
+from audio_fixtures import AUDIO_VAE_CONFIGS, audio_cfg, write_audio_vae
+from reference import assert_parity, save_official_checkpoint, to_mx
 
 from ltx_core.model.audio_vae import AudioDecoderConfigurator, AudioEncoderConfigurator
-from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
+from ltx_mlx.weights.checkpoint import CheckpointError, parameter_shapes
 from ltx_mlx.models.audio_vae import AudioDecoder, AudioEncoder, AudioVAEConfig, sanitize
 from loading import load_official
 
 
-def audio_cfg(ch=32, z=2, **dd):
-    """A tiny `audio_vae` section shaped like the released files (ch must equal z · mel_bins / 4)."""
-    ddconfig = {"ch": ch, "out_ch": 2, "in_channels": 2, "ch_mult": [1, 2, 4], "num_res_blocks": 1,
-                "attn_resolutions": [], "resolution": 256, "z_channels": z, "double_z": True,
-                "norm_type": "pixel", "causality_axis": "height", "dropout": 0.0,
-                "mid_block_add_attention": False, "mel_bins": 64}
-    ddconfig.update(dd)
-    return {"audio_vae": {"model": {"params": {"sampling_rate": 16000, "ddconfig": ddconfig}},
-                          "preprocessing": {"stft": {"hop_length": 160, "filter_length": 1024, "causal": True},
-                                            "mel": {"n_mel_channels": 64}}}}
-
-
-CONFIGS = {
-    "released": audio_cfg(),
-    # mid-block attention plus attention at the 128 "resolution" (encoder level 1, decoder level 1)
-    "attention": audio_cfg(mid_block_add_attention=True, attn_resolutions=[128]),
-    # attn_type "none": the reference encoder drops its attention blocks, its decoder keeps vanilla ones
-    "attention_type_none": audio_cfg(mid_block_add_attention=True, attn_resolutions=[128], attn_type="none"),
-    "two_blocks_non_causal_groupnorm": audio_cfg(num_res_blocks=2, causality_axis=None, norm_type="group"),
-    "width_causal": audio_cfg(causality_axis="width"),
-}
-
-
-def write_checkpoint(path, config, seed=0):
-    enc = randomize_(AudioEncoderConfigurator.from_config(config), seed, std=0.05).eval()
-    dec = randomize_(AudioDecoderConfigurator.from_config(config), seed + 1, std=0.05).eval()
-    dec.per_channel_statistics.load_state_dict(enc.per_channel_statistics.state_dict())
-    tensors = {}
-    for name, module in (("encoder", enc), ("decoder", dec)):
-        for k, v in module.state_dict().items():
-            if k.startswith("per_channel_statistics."):
-                tensors["audio_vae." + k] = v
-            else:
-                tensors[f"audio_vae.{name}.{k}"] = v
-    tensors["vae.decoder.conv_in.conv.weight"] = torch.zeros(3)  # other components share the file
-    save_official_checkpoint(path, tensors, config, "2.0.0")
-    return enc, dec
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(AUDIO_VAE_CONFIGS))
 def test_encode_decode_parity(tmp_path, name):
-    config = CONFIGS[name]
+    config = AUDIO_VAE_CONFIGS[name]
     path = tmp_path / "ltx.safetensors"
-    enc, dec = write_checkpoint(path, config)
+    enc, dec = write_audio_vae(path, config)
     ours_enc, ours_dec = load_official(path, "audio_encoder"), load_official(path, "audio_decoder")
 
     g = torch.Generator().manual_seed(3)
@@ -79,7 +41,7 @@ def test_encode_decode_parity(tmp_path, name):
 
 def test_decoder_length_is_4t_minus_3(tmp_path):
     path = tmp_path / "ltx.safetensors"
-    _, dec = write_checkpoint(path, CONFIGS["released"])
+    _, dec = write_audio_vae(path, AUDIO_VAE_CONFIGS["released"])
     ours = load_official(path, "audio_decoder")
     for T in (1, 2, 7):
         latent = torch.randn(1, 2, T, 16)
@@ -132,7 +94,7 @@ def test_full_size_keys_and_shapes(attention):
 
 def test_bad_inputs_and_files(tmp_path):
     path = tmp_path / "ltx.safetensors"
-    write_checkpoint(path, CONFIGS["released"])
+    write_audio_vae(path, AUDIO_VAE_CONFIGS["released"])
     enc, dec = load_official(path, "audio_encoder"), load_official(path, "audio_decoder")
     with pytest.raises(ValueError, match=r"\(batch, 2, frames, 64\)"):
         enc(mx.zeros((1, 2, 50, 80)))
@@ -143,9 +105,9 @@ def test_bad_inputs_and_files(tmp_path):
     with pytest.raises(ValueError, match="latent"):
         dec(mx.zeros((1, 3, 5, 16)))
 
-    wrong = copy.deepcopy(CONFIGS["released"])
+    wrong = copy.deepcopy(AUDIO_VAE_CONFIGS["released"])
     wrong["audio_vae"]["model"]["params"]["ddconfig"]["num_res_blocks"] = 2
-    enc_ref = AudioEncoderConfigurator.from_config(CONFIGS["released"])
+    enc_ref = AudioEncoderConfigurator.from_config(AUDIO_VAE_CONFIGS["released"])
     tensors = {"audio_vae.encoder." + k: torch.zeros(v.shape) for k, v in enc_ref.state_dict().items()}
     save_official_checkpoint(tmp_path / "bad.safetensors", tensors, wrong)
     with pytest.raises(CheckpointError, match="missing"):

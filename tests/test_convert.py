@@ -5,7 +5,6 @@ official file (float32: exactly). Also: the folder's config/shards/tokenizer, fp
 import json
 import os
 import shutil
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -15,8 +14,8 @@ from mlx.utils import tree_flatten
 from safetensors.torch import load_file, save_file
 
 import ltx_mlx
-from convert_fixtures import (UPSAMPLERS, VERSIONS, component_outputs, official_tensors, upsampler_args,
-                              write_official, write_upsamplers)
+from convert_fixtures import (UPSAMPLERS, VERSIONS, assert_clean_failure, component_outputs, official_tensors, run_cli,
+                              upsampler_args, write_official, write_upsamplers)
 from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile
 from ltx_mlx.cli.convert import main
 from ltx_mlx.weights.folder import INDEX_NAME
@@ -35,17 +34,6 @@ def official_component(name, ckpt, gemma, upsamplers=None):
     if name == "gemma":
         return load_gemma(gemma)
     return load_official(ckpt, name, gemma=gemma if name == "text_projection" else None)
-
-
-def run_cli(*args) -> tuple[int, str]:
-    """(exit code, stderr) of `convert.py args` run in-process."""
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args] + ["--quiet"])
-    return rc, err.getvalue()
 
 
 @pytest.fixture(scope="module", params=list(VERSIONS))
@@ -204,15 +192,6 @@ def test_fp8_checkpoint_converts_to_reference_values(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- bad input
-
-
-def assert_clean_failure(rc, err, out: Path, *phrases):
-    assert rc == 1
-    assert err.count("\n") == 1 and err.startswith("convert.py: error: ") and "Traceback" not in err, err
-    for phrase in phrases:
-        assert phrase in err, err
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
 
 
 @pytest.fixture(scope="module")

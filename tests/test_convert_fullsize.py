@@ -18,9 +18,9 @@ from ltx_core.text_encoders.gemma.config import GEMMA3_CONFIG_FOR_LTX
 from ltx_core.text_encoders.gemma.encoders.encoder_configurator import EmbeddingsProcessorConfigurator
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
+from dit_reference import FULL
 from ltx_mlx.weights.convert import ConvertOptions, plan_conversion, quantization_plans
 from ltx_mlx.models.text_projection import PREFIXES
-from test_transformer import FULL
 from text_fixtures import write_tokenizer
 
 ENC23 = [["res_x", {"num_layers": 4}], ["compress_space_res", {"multiplier": 2}], ["res_x", {"num_layers": 6}],

@@ -11,12 +11,10 @@ from mlx.utils import tree_flatten
 from safetensors.torch import load_file
 
 import ltx_mlx
-from convert_fixtures import component_outputs, write_lora, write_official
+from convert_fixtures import DIMS, assert_clean_failure, component_outputs, run_cli, write_lora, write_official
 from ltx_core.loader.fuse_loras import apply_loras
 from ltx_core.loader.primitives import LoraStateDictWithStrength, StateDict
 from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile
-from test_convert import assert_clean_failure, run_cli
-from test_convert_quant import DIMS
 
 PREFIX = "model.diffusion_model."
 A_MODULES = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.ff.net.2", "transformer_blocks.1.audio_attn1.to_k",

@@ -11,16 +11,13 @@ import pytest
 from mlx.utils import tree_flatten
 
 import ltx_mlx
-from convert_fixtures import component_outputs, write_official
+from convert_fixtures import DIMS, component_outputs, run_cli, write_official
 from ltx_mlx.weights.checkpoint import SafetensorsFile
 from ltx_mlx.weights.quantize import (QuantizationPlan, decoder_layer_linears, quantize_model, quantized_layers,
                               transformer_block_linears)
 from reference import rel_err
-from test_convert import run_cli
 from loading import load_gemma, load_official
 
-# Every width a multiple of 32 (video 64, audio 32, FFs 256/128), so group size 32 quantizes every block linear.
-DIMS = dict(num_attention_heads=2, attention_head_dim=32, audio_num_attention_heads=2, audio_attention_head_dim=16)
 ATTENTIONS = ("attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
 FEED_FORWARDS = ("ff.net.0.proj", "ff.net.2", "audio_ff.net.0.proj", "audio_ff.net.2")
 

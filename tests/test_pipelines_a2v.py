@@ -30,10 +30,10 @@ from ltx_mlx.pipelines.a2v import a2v_guided
 from ltx_mlx.pipelines.common import Generation, euler_loop, simple
 from ltx_mlx.pipelines.settings import resolve_settings
 from pipeline_fixtures import VIDEO_LATENT_CHANNELS, convert_folder, write_pipeline_checkpoints
+from pipeline_parity_fixtures import FPS, FRAMES, H, TOL, W, InjectedNoiser, as_noise, contexts, stage_noise
+# The parity fixtures: the tiny dev model + reference transformer, and the reference's audio-shape patch.
+from pipeline_parity_fixtures import _reference_setup, models  # noqa: F401
 from reference import assert_parity
-from test_pipelines_parity import FPS, FRAMES, H, TOL, W, InjectedNoiser, as_noise, contexts, stage_noise
-# The parity module's fixtures: its tiny dev model + reference transformer, and the reference's audio-shape patch.
-from test_pipelines_parity import _reference_setup, models  # noqa: F401
 
 PROMPT = "a drummer plays in a small room"
 SMALL = ["--height", "64", "--width", "64", "--num-frames", "9", "--num-inference-steps", "2",

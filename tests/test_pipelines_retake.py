@@ -32,10 +32,10 @@ from ltx_mlx.models.transformer import X0Model
 from ltx_mlx.pipelines.common import Generation, euler_loop, guided, simple
 from ltx_mlx.pipelines.settings import resolve_settings
 from pipeline_fixtures import VIDEO_LATENT_CHANNELS, convert_folder, write_pipeline_checkpoints
+from pipeline_parity_fixtures import FPS, FRAMES, H, TOL, W, InjectedNoiser, as_noise, contexts, stage_noise
+# The parity fixtures: the tiny dev model + reference transformer, and the reference's audio-shape patch.
+from pipeline_parity_fixtures import _reference_setup, models  # noqa: F401
 from reference import assert_parity
-from test_pipelines_parity import FPS, FRAMES, H, TOL, W, InjectedNoiser, as_noise, contexts, stage_noise
-# The parity module's fixtures: its tiny dev model + reference transformer, and the reference's audio-shape patch.
-from test_pipelines_parity import _reference_setup, models  # noqa: F401
 
 PROMPT = "the cat jumps onto the table"
 SMALL = ["--num-inference-steps", "2", "--video-stg-blocks", "1", "--audio-stg-blocks", "2", "--quiet"]

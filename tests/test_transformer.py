@@ -13,31 +13,12 @@ from ltx_core.model.transformer import LTXModelConfigurator, X0Model as RefX0Mod
 from ltx_core.model.transformer import timestep_embedding
 from safetensors.torch import save_file
 
-from dit_reference import (ASSERTED, build_reference, fake_side_tensors, pinned_timestep_embedding,
+from dit_reference import (FULL, build_reference, conditioned, fake_side_tensors, make_inputs, pinned_timestep_embedding,
                            ref_perturbations, save_reference, tiny_config, to_ours)
 from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
 from ltx_mlx.models.transformer import LTXModel, Modality, Perturbations, TransformerConfig, X0Model
 from reference import prefixed_state_dict, rel_err
-from test_transformer_parity import conditioned, make_inputs
 from loading import load_official
-
-# Real metadata (spec 1.3; third-party reported): the reference builds these on the meta device.
-FULL_BASE = dict(
-    ASSERTED, attention_head_dim=128, audio_attention_head_dim=64, audio_cross_attention_dim=2048,
-    audio_num_attention_heads=32, audio_out_channels=128, audio_in_channels=128, audio_positional_embedding_max_pos=[20],
-    av_ca_timestep_scale_multiplier=1000.0, caption_channels=3840, connector_attention_head_dim=128,
-    connector_num_learnable_registers=128, connector_positional_embedding_max_pos=[4096], cross_attention_dim=4096,
-    frequencies_precision="float64", in_channels=128, norm_eps=1e-6, num_attention_heads=32, num_layers=48,
-    out_channels=128, positional_embedding_max_pos=[20, 2048, 2048], positional_embedding_theta=10000.0,
-    rope_type="split", timestep_scale_multiplier=1000)
-FULL = {
-    "ltx-2": dict(FULL_BASE, connector_num_attention_heads=30, connector_num_layers=2),
-    "ltx-2.3": dict(FULL_BASE, connector_num_attention_heads=32, connector_num_layers=8,
-                    audio_connector_num_attention_heads=32, audio_connector_attention_head_dim=64,
-                    connector_apply_gated_attention=True, apply_gated_attention=True, cross_attention_adaln=True,
-                    caption_proj_before_connector=True, caption_projection_first_linear=False,
-                    caption_projection_second_linear=False, caption_proj_input_norm=False),
-}
 
 
 @pytest.mark.parametrize("version", sorted(FULL))

@@ -5,20 +5,15 @@ converted and loaded as generation loads it (convert -> ltx_mlx.load); both then
 Tolerance: max|ours−ref| ≤ 3e-6·max|ref| (measured ≤ 1.1e-6).
 """
 
-import dataclasses
-
 import mlx.core as mx
 import pytest
 import torch
-from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier
 from ltx_core.guidance.perturbations import BatchedPerturbationConfig
-from ltx_core.model.transformer import Modality as RefModality, X0Model as RefX0Model
+from ltx_core.model.transformer import X0Model as RefX0Model
 from ltx_core.model.transformer import timestep_embedding
-from ltx_core.tools import AudioLatentTools, VideoLatentTools
-from ltx_core.types import AudioLatentShape, VideoLatentShape
 
-from dit_reference import (build_reference, fake_side_tensors, pinned_timestep_embedding, ref_perturbations,
-                           save_reference, tiny_config, to_ours)
+from dit_reference import (build_reference, conditioned, fake_side_tensors, make_inputs, pinned_timestep_embedding,
+                           ref_perturbations, save_reference, tiny_config, to_ours)
 from ltx_mlx.models import transformer
 from ltx_mlx.models.transformer import X0Model
 from ltx_mlx.models.perturbations import Perturbation, Perturbations
@@ -32,45 +27,6 @@ ERRORS = {}  # case -> worst relative error, printed at the end of each test
 @pytest.fixture(autouse=True)
 def _pinned_sinusoid(monkeypatch):
     monkeypatch.setattr(timestep_embedding, "get_timestep_embedding", pinned_timestep_embedding)
-
-
-def make_inputs(cfg, batch=1, fps=24.0, seed=0, frames=3, h=2, w=3, audio_frames=7):
-    g = torch.Generator().manual_seed(seed)
-    C, AC = cfg["in_channels"], cfg["audio_in_channels"]
-    vshape = VideoLatentShape(batch, C, frames, h, w)
-    vstate = VideoLatentTools(VideoLatentPatchifier(1), vshape, fps=fps).create_initial_state(
-        "cpu", torch.float32, torch.randn(tuple(vshape.to_torch_shape()), generator=g))
-    ashape = AudioLatentShape(batch, 2, audio_frames, AC // 2)
-    astate = AudioLatentTools(AudioPatchifier(1), ashape).create_initial_state(
-        "cpu", torch.float32, torch.randn(tuple(ashape.to_torch_shape()), generator=g))
-    projected = not cfg.get("caption_proj_before_connector", False)
-    vctx_dim = cfg["caption_channels"] if projected else cfg["cross_attention_dim"]
-    actx_dim = cfg["caption_channels"] if projected else cfg["audio_cross_attention_dim"]
-    sigma = torch.linspace(0.8, 0.55, batch)
-    vmask, amask = vstate.denoise_mask, astate.denoise_mask
-    video = RefModality(latent=vstate.latent, sigma=sigma, timesteps=vmask * sigma[:, None, None],
-                        positions=vstate.positions, context=torch.randn(batch, 5, vctx_dim, generator=g))
-    audio = RefModality(latent=astate.latent, sigma=sigma.flip(0) * 0.9, timesteps=amask * sigma.flip(0)[:, None, None] * 0.9,
-                        positions=astate.positions, context=torch.randn(batch, 6, actx_dim, generator=g))
-    return video, audio, g
-
-
-def conditioned(video: RefModality, audio: RefModality, g, hw: int):
-    """Random per-token denoise masks, the first latent frame fully clean (image conditioning), a [0,1]
-    self-attention mask with hard zeros, and an integer text-context mask."""
-    B, T, _ = video.latent.shape
-    vmask = torch.rand(B, T, 1, generator=g)
-    vmask[:, :hw] = 0.0
-    amask = torch.rand(B, audio.latent.shape[1], 1, generator=g)
-    att = torch.rand(B, T, T, generator=g)
-    att[att < 0.2] = 0.0
-    att[:, torch.arange(T), torch.arange(T)] = 1.0
-    ctx_mask = torch.ones(B, video.context.shape[1], dtype=torch.int64)
-    ctx_mask[:, -2:] = 0
-    video = dataclasses.replace(video, timesteps=vmask * video.sigma[:, None, None], attention_mask=att,
-                                context_mask=ctx_mask)
-    audio = dataclasses.replace(audio, timesteps=amask * audio.sigma[:, None, None])
-    return video, audio
 
 
 def compare(case, ours_out, ref_out):

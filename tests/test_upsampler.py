@@ -8,14 +8,13 @@ from ltx_core.model.upsampler import LatentUpsamplerConfigurator
 from ltx_core.model.upsampler import upsample_video as ref_upsample_video
 from ltx_core.model.video_vae import VideoEncoderConfigurator
 from reference import assert_parity, randomize_, save_official_checkpoint, to_mx
-from test_video_vae import cf, cl, vae_config
+from vae_fixtures import TINY_UPSAMPLER, build_upsampler, cf, cl, vae_config
 
-from ltx_mlx.weights.checkpoint import CheckpointError, SafetensorsFile, parameter_shapes
+from ltx_mlx.weights.checkpoint import CheckpointError, parameter_shapes
 from ltx_mlx.models.upsampler import LatentUpsampler, UpsamplerConfig, sanitize, upsample_video
 from ltx_mlx.models.video_vae import PerChannelStatistics
 from loading import load_upsampler
 
-TINY = dict(in_channels=8, mid_channels=32, num_blocks_per_stage=1, dims=3)
 VARIANTS = {
     "spatial x2": (dict(spatial_upsample=True), (3, 8, 12)),
     "rational x1.5": (dict(spatial_upsample=True, rational_resampler=True, spatial_scale=1.5), (3, 6, 9)),
@@ -28,17 +27,11 @@ VARIANTS = {
 }
 
 
-def build(config: dict, path, seed=0):
-    ref = randomize_(LatentUpsamplerConfigurator.from_config(config), seed, std=0.05).eval()
-    save_official_checkpoint(path, ref.state_dict(), config)  # flat config, no key prefix
-    return ref
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_upsampler_parity(tmp_path, variant):
     overrides, out_fhw = VARIANTS[variant]
-    config = dict(TINY, **overrides)
-    ref = build(config, tmp_path / "up.safetensors")
+    config = dict(TINY_UPSAMPLER, **overrides)
+    ref = build_upsampler(config, tmp_path / "up.safetensors")
     ours = load_upsampler(tmp_path / "up.safetensors")
     x = torch.randn(1, 8, 3, 4, 6, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -50,7 +43,7 @@ def test_upsampler_parity(tmp_path, variant):
 
 
 def test_upsample_video_uses_the_vae_statistics(tmp_path):
-    ref = build(dict(TINY), tmp_path / "up.safetensors", seed=2)
+    ref = build_upsampler(dict(TINY_UPSAMPLER), tmp_path / "up.safetensors", seed=2)
     enc = randomize_(VideoEncoderConfigurator.from_config(vae_config("2.3")), 3)
     stats = PerChannelStatistics(8)
     for name in ("mean-of-means", "std-of-means"):
@@ -81,20 +74,20 @@ def test_full_size_keys_and_shapes(variant):
 
 def test_bad_input_and_files(tmp_path):
     with pytest.raises(ValueError, match="scale 3.0 is not supported"):
-        UpsamplerConfig.from_dict(dict(TINY, rational_resampler=True, spatial_scale=3.0))
+        UpsamplerConfig.from_dict(dict(TINY_UPSAMPLER, rational_resampler=True, spatial_scale=3.0))
     with pytest.raises(ValueError, match="spatial_upsample or temporal_upsample"):
-        UpsamplerConfig.from_dict(dict(TINY, spatial_upsample=False))
+        UpsamplerConfig.from_dict(dict(TINY_UPSAMPLER, spatial_upsample=False))
     with pytest.raises(ValueError, match="dims=2 supports only"):
-        UpsamplerConfig.from_dict(dict(TINY, dims=2, temporal_upsample=True))
-    ours = LatentUpsampler(UpsamplerConfig.from_dict(TINY))
+        UpsamplerConfig.from_dict(dict(TINY_UPSAMPLER, dims=2, temporal_upsample=True))
+    ours = LatentUpsampler(UpsamplerConfig.from_dict(TINY_UPSAMPLER))
     with pytest.raises(ValueError, match=r"\(B, F, H, W, 8\)"):
         ours(to_mx(torch.zeros(1, 3, 4, 6, 16)))
     save_official_checkpoint(tmp_path / "vae.safetensors", {"vae.decoder.x": torch.zeros(1)}, {"vae": {}})
     with pytest.raises(CheckpointError, match="not a latent upsampler file"):
         load_upsampler(tmp_path / "vae.safetensors")
-    ref = randomize_(LatentUpsamplerConfigurator.from_config(TINY), 0)
+    ref = randomize_(LatentUpsamplerConfigurator.from_config(TINY_UPSAMPLER), 0)
     sd = ref.state_dict()
     sd.pop("final_conv.bias")
-    save_official_checkpoint(tmp_path / "cut.safetensors", sd, TINY)
+    save_official_checkpoint(tmp_path / "cut.safetensors", sd, TINY_UPSAMPLER)
     with pytest.raises(CheckpointError, match="final_conv.bias"):
         load_upsampler(tmp_path / "cut.safetensors")

@@ -6,7 +6,7 @@ from ltx_core.model.video_vae import SpatialTilingConfig as RefSpatial
 from ltx_core.model.video_vae import TemporalTilingConfig as RefTemporal
 from ltx_core.model.video_vae import TilingConfig as RefTiling
 from reference import assert_parity, to_np
-from test_video_vae import build_reference, cf, cl, save_vae, torch_noise, uint8_mismatches, vae_config
+from vae_fixtures import build_reference, cf, cl, save_vae, torch_noise, uint8_mismatches, vae_config
 
 from ltx_mlx.models.vae_tiling import (SpatialTilingConfig, TemporalTilingConfig, TilingConfig, decode_tiles, tiled_decode)
 from ltx_mlx.models.video_vae import decode_video

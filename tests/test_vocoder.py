@@ -7,56 +7,22 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from reference import assert_parity, randomize_, rel_err, save_official_checkpoint, to_mx, to_np
-from mel_reference import slaney_mel_filterbank
+from audio_fixtures import AMP, BWE, V1, V2, reference_vocoder
+from reference import assert_parity, save_official_checkpoint, to_mx, to_np
 
-from ltx_core.model.audio_vae import VocoderConfigurator, VocoderWithBWE as RefVocoderWithBWE
+from ltx_core.model.audio_vae import VocoderConfigurator
 from ltx_mlx.weights.checkpoint import CheckpointError, parameter_shapes
 from ltx_mlx.models.vocoder import (ConvTranspose1d, Vocoder, VocoderConfig, VocoderWithBWE, _sin_squared, build_vocoder, conv1d_valid, sanitize)
 from loading import load_official
 
-V1 = {"vocoder": {"resblock": "1", "stereo": True, "upsample_initial_channel": 32, "upsample_rates": [6, 5, 2, 2, 2],
-                  "upsample_kernel_sizes": [16, 15, 8, 4, 4], "resblock_kernel_sizes": [3, 7, 11],
-                  "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "output_sampling_rate": 24000}}
 V1_ODD = {"vocoder": {"resblock": "1", "stereo": True, "upsample_initial_channel": 16, "upsample_rates": [4, 3],
                       "upsample_kernel_sizes": [8, 7], "resblock_kernel_sizes": [3, 4],
                       "resblock_dilation_sizes": [[1, 2, 3], [2, 1, 4]], "output_sampling_rate": 11111,
                       "use_tanh_at_final": False, "use_bias_at_final": False}}
-AMP = {"resblock": "AMP1", "stereo": True, "activation": "snakebeta", "use_tanh_at_final": False,
-       "use_bias_at_final": False, "resblock_kernel_sizes": [3, 7, 11],
-       "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]]}
-BWE = {"resblock": "AMP1", "stereo": True, "activation": "snakebeta", "use_tanh_at_final": False,
-       "use_bias_at_final": False, "resblock_kernel_sizes": [3, 7, 11],
-       "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "upsample_initial_channel": 32,
-       "upsample_rates": [6, 5, 2, 2, 2], "upsample_kernel_sizes": [12, 11, 4, 4, 4], "apply_final_activation": False,
-       "input_sampling_rate": 16000, "output_sampling_rate": 48000, "hop_length": 80, "n_fft": 512,
-       "win_size": 512, "num_mels": 64}
-V2 = {"vocoder": {"vocoder": {**AMP, "upsample_initial_channel": 64, "upsample_rates": [5, 2, 2, 2, 2, 2],
-                              "upsample_kernel_sizes": [11, 4, 4, 4, 4, 4]}, "bwe": BWE}}
 # 120 samples per frame: the BWE stage must pad the 16 kHz signal to a multiple of its hop (80).
 V2_ODD_HOP = {"vocoder": {"vocoder": {**AMP, "upsample_initial_channel": 32, "upsample_rates": [5, 3, 2, 2, 2],
                                       "upsample_kernel_sizes": [11, 7, 4, 4, 4]}, "bwe": BWE}}
 CONFIGS = {"hifigan": V1, "hifigan_odd": V1_ODD, "bigvgan_bwe": V2, "bigvgan_bwe_odd_hop": V2_ODD_HOP}
-
-
-def stft_bases(n_fft: int) -> torch.Tensor:
-    """Causal-STFT bases as the released files store them: real rows, then imaginary rows, × periodic Hann."""
-    k = np.arange(n_fft // 2 + 1)[:, None]
-    n = np.arange(n_fft)[None, :]
-    win = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)
-    bases = np.concatenate([np.cos(2 * np.pi * k * n / n_fft) * win, -np.sin(2 * np.pi * k * n / n_fft) * win])
-    return torch.tensor(bases[:, None, :], dtype=torch.float32)
-
-
-def reference_vocoder(config, seed=0):
-    voc = randomize_(VocoderConfigurator.from_config(config), seed, std=0.05).eval()
-    if isinstance(voc, RefVocoderWithBWE):
-        b = config["vocoder"]["bwe"]
-        voc.mel_stft.stft_fn.forward_basis.copy_(stft_bases(b["n_fft"]))
-        voc.mel_stft.stft_fn.inverse_basis.copy_(torch.randn(voc.mel_stft.stft_fn.inverse_basis.shape))
-        fb = slaney_mel_filterbank(b["n_fft"] // 2 + 1, b["input_sampling_rate"], 8000.0, b["num_mels"])
-        voc.mel_stft.mel_basis.copy_(torch.tensor(fb, dtype=torch.float32))
-    return voc
 
 
 def write_checkpoint(path, config, seed=0):
