@@ -72,10 +72,9 @@ def scaled_config(num_layers: int) -> dict:
 
 def official_shapes(t: dict, num_states: int) -> dict[str, tuple]:
     """Official key -> shape of the transformer and the text projection (built lazily: nothing allocated)."""
-    config = {"transformer": t}
-    shapes = {"model.diffusion_model." + k: s for k, s in parameter_shapes(build("transformer", config)).items()}
-    projection = build("text_projection", config, text_dims={"embedding_dim": t["caption_channels"],
-                                                             "num_states": num_states})
+    shapes = {"model.diffusion_model." + k: s for k, s in parameter_shapes(build("transformer", t)).items()}
+    projection = build("text_projection", {"transformer": t, "embedding_dim": t["caption_channels"],
+                                           "num_states": num_states, "registers": [128, 128]})
     for k, s in parameter_shapes(projection).items():
         head, rest = k.split(".", 1)
         shapes[PREFIXES[head + "."] + rest] = s
