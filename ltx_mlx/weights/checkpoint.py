@@ -58,34 +58,41 @@ def _fp8_table(exp_bits: int, man_bits: int) -> np.ndarray:
 class SafetensorsFile:
     """Lazy reader of one safetensors file: header and metadata up front, tensors on request."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, converted: bool = False):
+        """`converted`: a shard of a converted folder, whose fix is to convert again rather than re-download."""
         self.path = os.fspath(path)
+        fix = "convert the model again" if converted else "re-download it"
         if not os.path.isfile(self.path):
             raise CheckpointError(f"checkpoint not found: {self.path}")
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise CheckpointError(f"{self.path} is empty or truncated: not a safetensors file")
+                raise CheckpointError(f"{self.path} is empty or truncated: not a safetensors file; {fix}")
             (n,) = struct.unpack("<Q", head)
             if n < 2 or n > size - 8 or n > 100_000_000:
                 raise CheckpointError(f"{self.path} is not a safetensors file, or it is truncated (header of {n} bytes "
-                                      f"in a file of {size} bytes); re-download it")
+                                      f"in a file of {size} bytes); {fix}")
             try:
                 header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CheckpointError(f"{self.path}: corrupt safetensors header ({e}); re-download it") from None
+                if not isinstance(header, dict):
+                    raise ValueError("the header is not a JSON object")
+            except (UnicodeDecodeError, ValueError) as e:
+                raise CheckpointError(f"{self.path}: corrupt safetensors header ({e}); {fix}") from None
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
         self._data_start = 8 + n
         data_size = size - self._data_start
         self._entries = {}
         for key, info in header.items():
-            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            try:
+                dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            except (TypeError, KeyError, ValueError):
+                raise CheckpointError(f"{self.path}: corrupt safetensors header (entry {key!r}); {fix}") from None
             if dtype not in _ITEM_SIZE:
                 raise CheckpointError(f"{self.path}: tensor {key!r} has unsupported dtype {dtype}")
             if end > data_size or end - begin != _ITEM_SIZE[dtype] * int(np.prod(shape, dtype=np.int64)):
                 raise CheckpointError(f"{self.path} is truncated or corrupt: tensor {key!r} lies past the end of "
-                                      f"the file ({end} > {data_size} data bytes); re-download it")
+                                      f"the file ({end} > {data_size} data bytes); {fix}")
             self._entries[key] = (dtype, shape, begin, end)
         self._map = None
 
