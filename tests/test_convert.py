@@ -546,3 +546,42 @@ def test_official_files_that_are_damaged_say_re_download(ltx23, tmp_path):
         (bad_gemma / shard.name).write_bytes(damage(shard.read_bytes()))
         rc, err = run_cli("--gemma-root", bad_gemma, "--mlx-path", out)
         assert_clean_failure(rc, err, out, str(bad_gemma / shard.name), "re-download it")
+
+
+def test_gemma_tokenizer_missing_or_corrupt_is_refused_at_conversion(ltx23, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    _, ckpt, gemma, _ = ltx23
+
+    def other_vocab(folder):  # a word-level tokenizer of 1,000 tokens, for a Gemma of 300
+        vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{f"w{i}": i for i in range(4, 1000)}}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.save(str(folder / "tokenizer.json"))
+
+    def bos_moved(folder):  # the same size, but <bos> is another id than Gemma's config says
+        vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, "<bos>": 3, **{f"w{i}": i for i in range(4, 200)}}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.save(str(folder / "tokenizer.json"))
+
+    cases = {
+        "missing": (lambda f: (f / "tokenizer.json").unlink(), "has no Gemma tokenizer (tokenizer.json)"),
+        "only-sentencepiece": (lambda f: ((f / "tokenizer.json").unlink(), (f / "tokenizer.model").write_bytes(b"\n\x05")),
+                               "only as tokenizer.model"),
+        "corrupt-json": (lambda f: (f / "tokenizer.json").write_text('{"model": {"type": "BPE", '),
+                         "could not load the Gemma tokenizer"),
+        "empty-json": (lambda f: (f / "tokenizer.json").write_text(""), "could not load the Gemma tokenizer"),
+        "corrupt-config": (lambda f: (f / "tokenizer_config.json").write_text("{"), "could not load the Gemma tokenizer"),
+        "other-class": (lambda f: (f / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizerFast"}'),
+                        "is a LlamaTokenizerFast, not a Gemma tokenizer"),
+        "other-vocab": (other_vocab, "has 1000 tokens but the Gemma model only 300"),
+        "other-bos": (bos_moved, "BOS id 3, Gemma's config 2"),
+    }
+    for name, (damage, phrase) in cases.items():
+        folder = tmp_path / f"gemma-{name}"
+        shutil.copytree(gemma, folder)
+        damage(folder)
+        for args in (["--checkpoint-path", ckpt, "--gemma-root", folder], ["--gemma-root", folder]):
+            out = tmp_path / f"out-{name}"
+            rc, err = run_cli(*args, "--mlx-path", out)
+            assert_clean_failure(rc, err, out, phrase, str(folder))
