@@ -585,3 +585,47 @@ def test_gemma_tokenizer_missing_or_corrupt_is_refused_at_conversion(ltx23, tmp_
             out = tmp_path / f"out-{name}"
             rc, err = run_cli(*args, "--mlx-path", out)
             assert_clean_failure(rc, err, out, phrase, str(folder))
+
+
+def test_checkpoint_kind_is_decided_at_conversion_and_recorded(ltx23, tmp_path):
+    from ltx_mlx.pipelines.settings import is_distilled_checkpoint
+    from ltx_mlx.weights.checkpoint import checkpoint_kind
+    from ltx_mlx.weights.convert import ConvertOptions, convert
+
+    _, ckpt, _, _ = ltx23
+    names = {"ltx-2.3-22b-distilled.safetensors": "distilled", "ltx-2.3-22b-distilled-1.1.safetensors": "distilled",
+             "ltx-2.3-22b-dev-fp8.safetensors": "dev", "ltx-2-19b-dev.safetensors": "dev",
+             "LTX-2.3-22B-Distilled.safetensors": "distilled", "my-finetune.safetensors": None,
+             "ltx-2.3-22b.safetensors": None, "devil-distilled-dev.safetensors": None, "ltx-2.3-device.safetensors": None}
+    for name, kind in names.items():
+        assert checkpoint_kind(name) == kind, name
+        assert checkpoint_kind(name, "dev") == "dev"  # --checkpoint-kind wins over the name
+    with pytest.raises(ValueError, match="not one of distilled, dev"):
+        checkpoint_kind("x.safetensors", "turbo")
+    for name, flag, kind in (("ltx-2.3-22b-distilled.safetensors", [], "distilled"),
+                             ("ltx-2.3-22b-dev.safetensors", [], "dev"), ("finetune.safetensors", [], None),
+                             ("finetune.safetensors", ["--checkpoint-kind", "distilled"], "distilled"),
+                             ("ltx-2.3-22b-distilled.safetensors", ["--checkpoint-kind", "dev"], "dev")):
+        src = tmp_path / name
+        shutil.copyfile(ckpt, src)
+        out = tmp_path / "renamed-folder"  # a converted folder's name is arbitrary: config.json tells
+        rc, err = run_cli("--checkpoint-path", src, "--mlx-path", out, *flag)
+        assert rc == 0, err
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["checkpoint_kind"] == kind, (name, flag)
+        if kind is None:
+            with pytest.raises(ValueError, match="pass --checkpoint-kind distilled or --checkpoint-kind dev"):
+                is_distilled_checkpoint(cfg)
+        else:
+            assert is_distilled_checkpoint({**cfg, "source": {"checkpoint": "anything.safetensors"}}) == (
+                kind == "distilled")
+        shutil.rmtree(out)
+        src.unlink()
+    # folders converted before the kind was recorded still go by their source name
+    assert is_distilled_checkpoint({"source": {"checkpoint": "ltx-2.3-22b-distilled.safetensors"}})
+    assert not is_distilled_checkpoint({"source": {"checkpoint": "ltx-2.3-22b-dev.safetensors"}})
+    with pytest.raises(ValueError, match="--checkpoint-kind"):
+        is_distilled_checkpoint({"source": {"checkpoint": "model.safetensors"}})
+    opts = ConvertOptions(components=("vocoder",), progress=False, checkpoint_kind="dev")
+    assert json.loads((convert(str(ckpt), str(tmp_path / "v"), options=opts) / "config.json").read_text())[
+        "checkpoint_kind"] == "dev"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from functools import lru_cache
 from pathlib import Path
@@ -148,6 +149,22 @@ class SafetensorsFile:
 def is_ltx_2_3(model_version: str | None) -> bool:
     """The reference's pipeline-default switch: metadata model_version starting with '2.3'."""
     return bool(model_version) and model_version.startswith("2.3")
+
+
+DISTILLED_OR_DEV = ("distilled", "dev")
+
+
+def checkpoint_kind(path: str | os.PathLike, given: str | None = None) -> str | None:
+    """'distilled' or 'dev': as given, else as the official file name says (ltx-2.3-22b-distilled…, ltx-2-19b-dev…).
+    The official files cannot tell: their metadata holds only `config` and `model_version` (and the fp8 files'
+    `_quantization_metadata`), the same keys for both kinds. None when the name does not say (or says both)."""
+    if given is not None:
+        if given not in DISTILLED_OR_DEV:
+            raise ValueError(f"checkpoint kind {given!r} is not one of {', '.join(DISTILLED_OR_DEV)}")
+        return given
+    words = set(re.split(r"[^a-z0-9]+", os.path.basename(os.fspath(path)).lower()))
+    named = [k for k in DISTILLED_OR_DEV if k in words]
+    return named[0] if len(named) == 1 else None
 
 
 def official_tensor(sf: SafetensorsFile, key: str, dtype: mx.Dtype) -> mx.array:

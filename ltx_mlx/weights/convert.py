@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
-from .checkpoint import CheckpointError, SafetensorsFile, load_strict, official_tensor, read_gemma_config, weight_files
+from .checkpoint import CheckpointError, SafetensorsFile, checkpoint_kind, load_strict, official_tensor, read_gemma_config, weight_files
 from .components import CHECKPOINT_KINDS, KINDS, QUANTIZABLE, Kind, build, upsampler_config, upsampler_name
 from .lora import LoRA, check_loras, fuse_loras, read_lora
 from .folder import MAX_SHARD_BYTES, atomic_output_dir, ensure_free_space, resolve_path, write_component
@@ -94,6 +94,7 @@ class ConvertOptions:
     progress: bool = True
     max_shard_bytes: int = MAX_SHARD_BYTES
     components: tuple[str, ...] | None = None  # convert only these of the checkpoint's components (None: all)
+    checkpoint_kind: str | None = None  # "distilled" / "dev"; None: from the file name (see `checkpoint_kind`)
 
 def quantization_plans(bits: int = 4, group_size: int = 64, mode: str = "affine", components=QUANTIZABLE,
                        high_bits: int | None = None, edge_blocks: int = 0,
@@ -333,6 +334,7 @@ class Conversion:
     config: dict
     model_version: str | None
     source: str | None  # the official checkpoint, when one was given
+    checkpoint_kind: str | None  # "distilled" / "dev", None when neither the options nor the file name tell
     jobs: list[Job]
     loras: list[LoRA]
     distilled: LoRA | None
@@ -394,8 +396,9 @@ def plan_conversion(checkpoint_path: str | None = None, gemma_root: str | None =
         if plan is not None or job.kind.name != "transformer":
             _quantize_job(job, plan)
             _check_job(job, dtype)
-    return Conversion(config or {}, version, sf.path if sf is not None else None, jobs, loras, distilled, unfused,
-                      gemma_folder)
+    kind = checkpoint_kind(sf.path, opts.checkpoint_kind) if sf is not None else opts.checkpoint_kind
+    return Conversion(config or {}, version, sf.path if sf is not None else None, kind, jobs, loras, distilled,
+                      unfused, gemma_folder)
 
 def write_conversion(conv: Conversion, mlx_path: str, options: ConvertOptions | None = None) -> Path:
     """Stream a planned conversion into `mlx_path` (a temporary folder renamed at the end)."""
@@ -467,6 +470,7 @@ def _folder_config(conv: Conversion, opts: ConvertOptions) -> dict:
         "format_version": FORMAT_VERSION,
         "ltx_mlx_version": __version__,
         "model_version": conv.model_version,
+        "checkpoint_kind": conv.checkpoint_kind,
         "dtype": opts.dtype,
         "config": conv.config,
         "components": components,

@@ -284,7 +284,8 @@ def cache_folder(checkpoint: str, gemma_root: str | None, spatial_upsamplers, te
     settings = {"inputs": [_identity(p) if p else None for p in inputs], "dtype": opts.dtype,
                 "lora_strengths": [s for _, s in opts.loras], "distilled": opts.distilled_lora,
                 "quantize": {k: [v.bits, v.group_size, v.mode, v.high_bits, v.edge_blocks]
-                             for k, v in sorted(opts.quantize.items())}}
+                             for k, v in sorted(opts.quantize.items())},
+                **({"kind": opts.checkpoint_kind} if opts.checkpoint_kind else {})}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return cache_root() / f"{Path(checkpoint).stem}-{opts.dtype}-{digest}"
 
