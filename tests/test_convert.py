@@ -629,3 +629,16 @@ def test_checkpoint_kind_is_decided_at_conversion_and_recorded(ltx23, tmp_path):
     opts = ConvertOptions(components=("vocoder",), progress=False, checkpoint_kind="dev")
     assert json.loads((convert(str(ckpt), str(tmp_path / "v"), options=opts) / "config.json").read_text())[
         "checkpoint_kind"] == "dev"
+
+
+def test_damaged_gemma_config_or_index_says_re_download(ltx23, tmp_path):
+    _, _, gemma, _ = ltx23
+    for rel, content in (("config.json", ""), ("config.json", "{"), ("config.json", "[]"),
+                         (INDEX_NAME, ""), (INDEX_NAME, '{"weight_map": '), (INDEX_NAME, "[1]")):
+        folder = tmp_path / "gemma"
+        shutil.copytree(gemma, folder)
+        (folder / rel).write_text(content)
+        out = tmp_path / "out"
+        rc, err = run_cli("--gemma-root", folder, "--mlx-path", out)
+        assert_clean_failure(rc, err, out, str(folder / rel), "re-download it")
+        shutil.rmtree(folder)

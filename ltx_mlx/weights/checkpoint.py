@@ -223,8 +223,10 @@ def read_gemma_config(folder: str | os.PathLike) -> Gemma3Config:
                               "(e.g. google/gemma-3-12b-it-qat-q4_0-unquantized)")
     try:
         d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path} is empty or not valid JSON ({e}); re-download it") from None
     model_type = d.get("model_type")
     if model_type == "gemma3":
         text = dict(d.get("text_config") or {})
@@ -249,7 +251,7 @@ def weight_files(folder: str | os.PathLike) -> list[Path]:
     if index.is_file():
         try:
             names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index} is not a valid safetensors index ({e}); re-download it") from None
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
