@@ -112,12 +112,11 @@ def read_component(folder: str | os.PathLike) -> dict[str, mx.array]:
 def _owner_alive(leftover: Path) -> bool:
     """Whether the process that named a `.partial-<pid>` / `.old-<pid>` folder is still running."""
     try:
-        pid = int(leftover.name.rsplit("-", 1)[1])
-        os.kill(pid, 0)
-    except (ValueError, IndexError, ProcessLookupError):
+        os.kill(int(leftover.name.rsplit("-", 1)[1]), 0)
+    except (ValueError, ProcessLookupError):
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # another user's process: alive
+        pass
     return True
 
 
@@ -126,7 +125,7 @@ def remove_leftovers(final: str | os.PathLike):
     final = Path(final)
     if not final.parent.is_dir():
         return
-    for p in final.parent.glob(f".{final.name}.*-*"):
+    for p in final.parent.iterdir():  # not glob: a name may hold glob's special characters
         if p.name.rsplit("-", 1)[0] in (f".{final.name}.partial", f".{final.name}.old") and not _owner_alive(p):
             shutil.rmtree(p, ignore_errors=True)
 
