@@ -346,3 +346,278 @@ def test_bad_upsampler_inputs(ltx23, tmp_path):
         out = tmp_path / f"out{i}"
         rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", out, *args)
         assert_clean_failure(rc, err, out, phrase)
+
+
+def test_force_onto_a_file_is_refused_before_converting(ltx23, tmp_path, monkeypatch):
+    import ltx_mlx.weights.convert as conv
+
+    _, ckpt, gemma, _ = ltx23
+    monkeypatch.setattr(conv, "plan_conversion", lambda *a, **k: pytest.fail("planned a conversion onto a file"))
+    for name in ("model.safetensors", "notes.txt", "no-extension"):
+        target = tmp_path / name
+        target.write_text("user data")
+        for force in ([], ["--force"]):
+            rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", target, *force)
+            assert rc == 1 and err.count("\n") == 1 and "is a file, not a model folder" in err, err
+            assert "Traceback" not in err and target.read_text() == "user data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "no-extension", "notes.txt"]
+
+
+def assert_disk_full_failure(rc, err, out):
+    assert_clean_failure(rc, err, out, "the disk filled up while writing", "nothing was left there")
+
+
+def test_full_disk_mid_write_is_one_line_and_leaves_nothing(ltx23, tmp_path, monkeypatch):
+    import errno
+    import subprocess
+
+    import ltx_mlx.weights.convert as conv
+
+    _, ckpt, gemma, _ = ltx23
+    real = conv.write_component
+    for fail_at in (1, 3, 8):  # the first component, one in the middle, Gemma (the last)
+        calls = []
+
+        def full(folder, tensors, max_shard_bytes):
+            calls.append(folder)
+            if len(calls) == fail_at:
+                real(folder, list(tensors)[:1], max_shard_bytes)  # a shard lands, then the disk is full
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(folder, tensors, max_shard_bytes)
+
+        monkeypatch.setattr(conv, "write_component", full)
+        out = tmp_path / f"out-{fail_at}"
+        rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", out)
+        assert_disk_full_failure(rc, err, out)
+        assert len(calls) == fail_at
+    monkeypatch.setattr(conv, "write_component", real)
+    assert list(tmp_path.iterdir()) == []
+
+    # A real full disk: a small tmpfs (root only), past the up-front estimate, which would refuse it before writing.
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                                                   capture_output=True).returncode == 0
+    print("real tmpfs:", "mounted" if mounted else "not available (not root, or mount refused): injected faults only")
+    if mounted:
+        try:
+            monkeypatch.setattr(conv, "ensure_free_space", lambda *a: None)
+            out = mnt / "model"
+            rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", out)
+            assert_disk_full_failure(rc, err, out)
+            assert list(mnt.iterdir()) == []
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_interrupt_at_any_instant_leaves_nothing(ltx23, tmp_path, monkeypatch):
+    import ltx_mlx.weights.folder as folder_module
+
+    _, ckpt, gemma, _ = ltx23
+    real_replace, real_mkdir = os.replace, Path.mkdir
+
+    def interrupt_final_rename(src, dst):
+        if Path(src).name.startswith(".") and ".partial-" in Path(src).name:
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    def interrupt_after_temporary_mkdir(self, *a, **k):
+        real_mkdir(self, *a, **k)
+        if ".partial-" in self.name:
+            raise KeyboardInterrupt
+
+    for name, target, fake in (("replace", folder_module.os, ("replace", interrupt_final_rename)),
+                               ("mkdir", Path, ("mkdir", interrupt_after_temporary_mkdir))):
+        with monkeypatch.context() as m:
+            m.setattr(target, *fake)
+            out = tmp_path / f"out-{name}"
+            rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", out)
+        assert rc == 130 and "interrupted" in err, (name, err)
+        assert list(tmp_path.iterdir()) == [], name
+    # --force replacing a folder: interrupted at the swap, the old folder is still there, whole
+    out = tmp_path / "model"
+    assert run_cli("--checkpoint-path", ckpt, "--mlx-path", out)[0] == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with monkeypatch.context() as m:
+        m.setattr(folder_module.os, "replace", interrupt_final_rename)
+        rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", out, "--force")
+    assert rc == 130 and sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_leftover_of_a_killed_conversion_is_removed_by_the_next_run(ltx23, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ltx_mlx.weights.load import is_complete
+
+    _, ckpt, gemma, _ = ltx23
+    out = tmp_path / "model"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(root / "convert.py"), "--checkpoint-path", str(ckpt), "--gemma-root",
+                             str(gemma), "--mlx-path", str(out), "--quiet"], cwd=root, stderr=subprocess.PIPE)
+    partial = tmp_path / f".model.partial-{proc.pid}"
+    deadline = time.time() + 120
+    while not any(partial.rglob("*.safetensors")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the conversion finished before it could be killed"
+    assert partial.is_dir() and not out.exists() and not is_complete(partial)  # what a kill leaves
+    # a live process's partial folder is not touched; a dead one's is removed by the next run to that path
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    alive = tmp_path / f".model.partial-{sleeper.pid}"
+    alive.mkdir()
+    try:
+        rc, err = run_cli("--checkpoint-path", ckpt, "--gemma-root", gemma, "--mlx-path", out)
+        assert rc == 0, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "model"] and is_complete(out)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    shutil.rmtree(out)
+    assert run_cli("--checkpoint-path", ckpt, "--mlx-path", out)[0] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # the sleeper has died: its folder went too
+
+
+def test_damaged_converted_folder_names_the_file_and_says_convert_again(ltx23, tmp_path):
+    _, ckpt, gemma, _ = ltx23
+    good = tmp_path / "good"
+    assert run_cli("--checkpoint-path", ckpt, "--mlx-path", good, "--dtype", "float32")[0] == 0
+    shard = "vocoder/model-00001-of-00001.safetensors"
+    data = (good / shard).read_bytes()
+    cases = {  # damage -> (file named, phrase)
+        "truncated shard": (shard, lambda p: p.write_bytes(data[: len(data) // 2]), "truncated"),
+        "empty shard": (shard, lambda p: p.write_bytes(b""), "empty or truncated"),
+        "garbage shard": (shard, lambda p: p.write_bytes(data[:8] + b"\xff" * 64 + data[72:]), "corrupt"),
+        "corrupt index": (f"vocoder/{INDEX_NAME}", lambda p: p.write_text('{"weight_map": {'), "empty or corrupt"),
+        "empty index": (f"vocoder/{INDEX_NAME}", lambda p: p.write_text(""), "empty or corrupt"),
+        "index of a list": (f"vocoder/{INDEX_NAME}", lambda p: p.write_text("[1, 2]"), "empty or corrupt"),
+        "empty config": ("config.json", lambda p: p.write_text(""), "empty or not valid JSON"),
+        "corrupt config": ("config.json", lambda p: p.write_text('{"format": "mlx", '), "empty or not valid JSON"),
+    }
+    for name, (rel, damage, phrase) in cases.items():
+        folder = tmp_path / name.replace(" ", "-")
+        shutil.copytree(good, folder)
+        damage(folder / rel)
+        with pytest.raises(CheckpointError) as e:
+            ltx_mlx.load(folder).vocoder()
+        message = str(e.value)
+        assert str(folder / rel) in message and phrase in message and "convert the model again" in message, name
+        assert "\n" not in message and "re-download" not in message, name
+
+
+def test_official_files_that_are_damaged_say_re_download(ltx23, tmp_path):
+    _, ckpt, gemma, _ = ltx23
+    data = ckpt.read_bytes()
+    shard = sorted(gemma.glob("*.safetensors"))[0]
+    for name, damage in (("half", lambda d: d[: len(d) // 2]), ("empty", lambda d: b""),
+                         ("header", lambda d: d[:8] + b"\x00" * 32 + d[40:]), ("tail", lambda d: d[:-1])):
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(damage(data))
+        out = tmp_path / f"out-{name}"
+        rc, err = run_cli("--checkpoint-path", bad, "--gemma-root", gemma, "--mlx-path", out)
+        assert_clean_failure(rc, err, out, str(bad), "re-download it")
+        bad_gemma = tmp_path / f"gemma-{name}"
+        shutil.copytree(gemma, bad_gemma)
+        (bad_gemma / shard.name).write_bytes(damage(shard.read_bytes()))
+        rc, err = run_cli("--gemma-root", bad_gemma, "--mlx-path", out)
+        assert_clean_failure(rc, err, out, str(bad_gemma / shard.name), "re-download it")
+
+
+def test_gemma_tokenizer_missing_or_corrupt_is_refused_at_conversion(ltx23, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    _, ckpt, gemma, _ = ltx23
+
+    def other_vocab(folder):  # a word-level tokenizer of 1,000 tokens, for a Gemma of 300
+        vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{f"w{i}": i for i in range(4, 1000)}}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.save(str(folder / "tokenizer.json"))
+
+    def bos_moved(folder):  # the same size, but <bos> is another id than Gemma's config says
+        vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, "<bos>": 3, **{f"w{i}": i for i in range(4, 200)}}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.save(str(folder / "tokenizer.json"))
+
+    cases = {
+        "missing": (lambda f: (f / "tokenizer.json").unlink(), "has no Gemma tokenizer (tokenizer.json)"),
+        "only-sentencepiece": (lambda f: ((f / "tokenizer.json").unlink(), (f / "tokenizer.model").write_bytes(b"\n\x05")),
+                               "only as tokenizer.model"),
+        "corrupt-json": (lambda f: (f / "tokenizer.json").write_text('{"model": {"type": "BPE", '),
+                         "could not load the Gemma tokenizer"),
+        "empty-json": (lambda f: (f / "tokenizer.json").write_text(""), "could not load the Gemma tokenizer"),
+        "corrupt-config": (lambda f: (f / "tokenizer_config.json").write_text("{"), "could not load the Gemma tokenizer"),
+        "other-class": (lambda f: (f / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizerFast"}'),
+                        "is a LlamaTokenizerFast, not a Gemma tokenizer"),
+        "other-vocab": (other_vocab, "has 1000 tokens but the Gemma model only 300"),
+        "other-bos": (bos_moved, "BOS id 3, Gemma's config 2"),
+    }
+    for name, (damage, phrase) in cases.items():
+        folder = tmp_path / f"gemma-{name}"
+        shutil.copytree(gemma, folder)
+        damage(folder)
+        for args in (["--checkpoint-path", ckpt, "--gemma-root", folder], ["--gemma-root", folder]):
+            out = tmp_path / f"out-{name}"
+            rc, err = run_cli(*args, "--mlx-path", out)
+            assert_clean_failure(rc, err, out, phrase, str(folder))
+
+
+def test_checkpoint_kind_is_decided_at_conversion_and_recorded(ltx23, tmp_path):
+    from ltx_mlx.pipelines.settings import is_distilled_checkpoint
+    from ltx_mlx.weights.checkpoint import checkpoint_kind
+    from ltx_mlx.weights.convert import ConvertOptions, convert
+
+    _, ckpt, _, _ = ltx23
+    names = {"ltx-2.3-22b-distilled.safetensors": "distilled", "ltx-2.3-22b-distilled-1.1.safetensors": "distilled",
+             "ltx-2.3-22b-dev-fp8.safetensors": "dev", "ltx-2-19b-dev.safetensors": "dev",
+             "LTX-2.3-22B-Distilled.safetensors": "distilled", "my-finetune.safetensors": None,
+             "ltx-2.3-22b.safetensors": None, "devil-distilled-dev.safetensors": None, "ltx-2.3-device.safetensors": None}
+    for name, kind in names.items():
+        assert checkpoint_kind(name) == kind, name
+        assert checkpoint_kind(name, "dev") == "dev"  # --checkpoint-kind wins over the name
+    with pytest.raises(ValueError, match="not one of distilled, dev"):
+        checkpoint_kind("x.safetensors", "turbo")
+    for name, flag, kind in (("ltx-2.3-22b-distilled.safetensors", [], "distilled"),
+                             ("ltx-2.3-22b-dev.safetensors", [], "dev"), ("finetune.safetensors", [], None),
+                             ("finetune.safetensors", ["--checkpoint-kind", "distilled"], "distilled"),
+                             ("ltx-2.3-22b-distilled.safetensors", ["--checkpoint-kind", "dev"], "dev")):
+        src = tmp_path / name
+        shutil.copyfile(ckpt, src)
+        out = tmp_path / "renamed-folder"  # a converted folder's name is arbitrary: config.json tells
+        rc, err = run_cli("--checkpoint-path", src, "--mlx-path", out, *flag)
+        assert rc == 0, err
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["checkpoint_kind"] == kind, (name, flag)
+        if kind is None:
+            with pytest.raises(ValueError, match="pass --checkpoint-kind distilled or --checkpoint-kind dev"):
+                is_distilled_checkpoint(cfg)
+        else:
+            assert is_distilled_checkpoint({**cfg, "source": {"checkpoint": "anything.safetensors"}}) == (
+                kind == "distilled")
+        shutil.rmtree(out)
+        src.unlink()
+    # folders converted before the kind was recorded still go by their source name
+    assert is_distilled_checkpoint({"source": {"checkpoint": "ltx-2.3-22b-distilled.safetensors"}})
+    assert not is_distilled_checkpoint({"source": {"checkpoint": "ltx-2.3-22b-dev.safetensors"}})
+    with pytest.raises(ValueError, match="--checkpoint-kind"):
+        is_distilled_checkpoint({"source": {"checkpoint": "model.safetensors"}})
+    opts = ConvertOptions(components=("vocoder",), progress=False, checkpoint_kind="dev")
+    assert json.loads((convert(str(ckpt), str(tmp_path / "v"), options=opts) / "config.json").read_text())[
+        "checkpoint_kind"] == "dev"
+
+
+def test_damaged_gemma_config_or_index_says_re_download(ltx23, tmp_path):
+    _, _, gemma, _ = ltx23
+    for rel, content in (("config.json", ""), ("config.json", "{"), ("config.json", "[]"),
+                         (INDEX_NAME, ""), (INDEX_NAME, '{"weight_map": '), (INDEX_NAME, "[1]")):
+        folder = tmp_path / "gemma"
+        shutil.copytree(gemma, folder)
+        (folder / rel).write_text(content)
+        out = tmp_path / "out"
+        rc, err = run_cli("--gemma-root", folder, "--mlx-path", out)
+        assert_clean_failure(rc, err, out, str(folder / rel), "re-download it")
+        shutil.rmtree(folder)

@@ -20,6 +20,10 @@ PREFIX = "model.diffusion_model."
 A_MODULES = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.ff.net.2", "transformer_blocks.1.audio_attn1.to_k",
              "transformer_blocks.2.video_to_audio_attn.to_out.0"]
 B_MODULES = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.2.audio_ff.net.0.proj"]
+# Text-connector layers: the reference accepts LoRA modules for them and fuses nothing (see check_loras).
+CONNECTOR_MODULES = ["video_embeddings_connector.transformer_1d_blocks.0.attn1.to_q",
+                     "audio_embeddings_connector.transformer_1d_blocks.0.ff.net.2"]
+STRAY = "transformer_blocks.7.attn1.to_q"
 STRENGTHS = (0.7, -1.3)
 
 
@@ -34,9 +38,9 @@ def setup(tmp_path_factory):
     sf = SafetensorsFile(ckpt)
     shapes = {k[len(PREFIX): -len(".weight")]: sf.shape(k) for k in sf.keys()
               if k.startswith(PREFIX) and k.endswith(".weight")}
-    shapes["transformer_blocks.7.attn1.to_q"] = (64, 64)  # a module this 3-block model lacks: reported, ignored
+    shapes[STRAY] = (64, 64)  # a module this 3-block model lacks: refused (test_lora_errors)
     a = write_lora(tmp / "a.safetensors", shapes, A_MODULES, 4, seed=1)
-    b = write_lora(tmp / "b.safetensors", shapes, B_MODULES + ["transformer_blocks.7.attn1.to_q"], 2, seed=2)
+    b = write_lora(tmp / "b.safetensors", shapes, B_MODULES + CONNECTOR_MODULES, 2, seed=2)
     d = write_lora(tmp / "distilled.safetensors", shapes, sorted(m for m in shapes if m.startswith("transformer_blocks.") and ".to_" in m)[:6], 8, seed=3,
                    metadata={"reference_downscale_factor": "2"})
     folders = {}
@@ -58,9 +62,11 @@ def test_fused_at_conversion_equals_fused_at_load_float32(setup, tmp_path):
     record = json.loads((tmp_path / "fused" / "config.json").read_text())["fused_loras"]
     assert record == [{"source": "a.safetensors", "strength": 0.7}, {"source": "b.safetensors", "strength": -1.3}]
     fused = ltx_mlx.load(tmp_path / "fused").transformer()
-    with pytest.warns(UserWarning, match="1 LoRA modules match no transformer weight"):
-        at_load = ltx_mlx.load(folders["base32"], loras=[(a, STRENGTHS[0]), (b, STRENGTHS[1])]).transformer()
+    at_load = ltx_mlx.load(folders["base32"], loras=[(a, STRENGTHS[0]), (b, STRENGTHS[1])]).transformer()
     base = params(ltx_mlx.load(folders["base32"]).transformer())
+    # the connector modules of b are accepted and fuse nothing, as in the reference: the text projection is untouched
+    tp_fused, tp_base = (params(ltx_mlx.load(f).text_projection()) for f in (tmp_path / "fused", folders["base32"]))
+    assert tp_fused.keys() == tp_base.keys() and all(mx.array_equal(tp_fused[k], tp_base[k]).item() for k in tp_base)
     pf, pl = params(fused), params(at_load)
     changed = {k for k in pf if not mx.array_equal(pf[k], base[k]).item()}
     assert changed == {m + ".weight" for m in A_MODULES + B_MODULES}
@@ -169,17 +175,40 @@ def test_distilled_lora_is_its_own_component(setup, tmp_path):
 
 def test_lora_errors(setup, tmp_path):
     tmp, ckpt, config, a, b, d, folders = setup
+    sf = SafetensorsFile(ckpt)
+    shapes = {k[len(PREFIX): -len(".weight")]: sf.shape(k) for k in sf.keys() if k.endswith(".weight")}
     wrong = write_lora(tmp_path / "ltx2.safetensors", {"transformer_blocks.0.attn1.to_q": (32, 32)},
                        ["transformer_blocks.0.attn1.to_q"], 2, seed=4)
     stray = write_lora(tmp_path / "stray.safetensors", {"blocks.0.proj": (8, 8)}, ["blocks.0.proj"], 2, seed=5)
-    for flag, path, phrase in (("--lora", wrong, "other model version"), ("--distilled-lora", wrong, "other model version"),
-                               ("--lora", stray, "none of the LoRA modules")):
+    one_stray = write_lora(tmp_path / "one-stray.safetensors", {**shapes, STRAY: (64, 64)}, A_MODULES + [STRAY], 2,
+                           seed=6)
+    connector = CONNECTOR_MODULES[0]
+    wrong_connector = write_lora(tmp_path / "wrong-connector.safetensors", {connector: (8, 8)}, [connector], 2, seed=7)
+    not_lora = ckpt  # a safetensors file without lora_A / lora_B keys
+    (tmp_path / "folder").mkdir()
+    cases = (("--lora", wrong, "other model version"), ("--distilled-lora", wrong, "other model version"),
+             ("--lora", stray, "none of the LoRA modules"),
+             ("--lora", one_stray, f"1 of the 5 LoRA modules match no layer of this model (first: one-stray.safetensors: "
+                                   f"{STRAY})"),
+             ("--distilled-lora", one_stray, "1 of the 5 LoRA modules match no layer"),
+             ("--lora", wrong_connector, f"{connector} is"),
+             ("--lora", not_lora, "is not a LoRA"), ("--lora", tmp_path / "folder", "is a folder"))
+    for flag, path, phrase in cases:
         rc, err = run_cli("--checkpoint-path", ckpt, "--mlx-path", tmp_path / "out", flag, path)
         assert_clean_failure(rc, err, tmp_path / "out", phrase)
     with pytest.raises(CheckpointError, match="other model version"):
         ltx_mlx.load(folders["q8"], loras=[wrong]).transformer()
     with pytest.raises(CheckpointError, match="none of the LoRA modules"):
         ltx_mlx.load(folders["base32"]).transformer(loras=[stray])
+    for folder in ("base32", "q8"):
+        with pytest.raises(CheckpointError, match=f"1 of the 5 LoRA modules match no layer .*{STRAY}"):
+            ltx_mlx.load(folders[folder], loras=[one_stray]).transformer()
+    with pytest.raises(CheckpointError, match=f"LoRA .* does not fit this model: {connector}"):
+        ltx_mlx.load(folders["base32"], loras=[wrong_connector]).transformer()
+    with pytest.raises(CheckpointError, match="is not a LoRA"):
+        ltx_mlx.load(folders["base32"], loras=[not_lora])
+    with pytest.raises(CheckpointError, match="is a folder"):
+        ltx_mlx.load(folders["base32"], loras=[tmp_path / "folder"])
     with pytest.raises(ValueError, match="transformer only"):
         ltx_mlx.load(folders["base32"]).load_component("vocoder", loras=[a])
 
@@ -193,8 +222,7 @@ def test_fusion_at_load_into_mixed_precision_layers(setup, tmp_path):
     loras = [(a, STRENGTHS[0]), (b, STRENGTHS[1])]
     exact = params(ltx_mlx.load(folders["base32"], loras=loras).transformer())
     base = params(ltx_mlx.load(out).transformer())
-    with pytest.warns(UserWarning):
-        fused = ltx_mlx.load(out, loras=loras).transformer()
+    fused = ltx_mlx.load(out, loras=loras).transformer()
     layers = dict(fused.named_modules())
     for m in A_MODULES + B_MODULES:
         bits = 4 if m.startswith("transformer_blocks.1.") else 8  # each layer keeps its own settings

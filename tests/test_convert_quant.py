@@ -149,3 +149,43 @@ def test_bf16_quantized_conversion_keeps_bf16_scales(official, tmp_path):
     assert params["transformer_blocks.1.attn1.to_q.scales"].dtype == mx.bfloat16
     assert params["transformer_blocks.1.attn1.to_q.bias"].dtype == mx.bfloat16
     assert params["adaln_single.linear.weight"].dtype == mx.bfloat16
+
+
+def test_quantization_config_that_disagrees_with_the_tensors_names_component_and_mismatch(official, tmp_path):
+    import shutil
+
+    from convert_fixtures import write_lora
+    from ltx_mlx.weights.checkpoint import CheckpointError
+
+    tmp, ckpt, gemma, config, _ = official
+    q8, dense = tmp_path / "q8", tmp_path / "dense"
+    assert run_cli("--checkpoint-path", ckpt, "--mlx-path", q8, "-q", "--q-bits", "8", "--q-group-size", "32",
+                   "--quantize-components", "transformer")[0] == 0
+    assert run_cli("--checkpoint-path", ckpt, "--mlx-path", dense, "--dtype", "float32")[0] == 0
+    layer = "transformer_blocks.0.attn1.to_q"
+    lora = write_lora(tmp_path / "lora.safetensors", {layer: (64, 64)}, [layer], 2, seed=3)
+
+    def edited(src, name, edit):
+        folder = tmp_path / name
+        shutil.copytree(src, folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        edit(cfg["quantization"])
+        (folder / "config.json").write_text(json.dumps(cfg))
+        return folder
+
+    cases = (
+        (q8, "no-entry", lambda q: q.pop("transformer"), "are quantized (e.g. transformer_blocks."),
+        (q8, "other-bits", lambda q: q["transformer"].update(bits=4), f"says 4-bit, group size 32 for "),
+        (q8, "other-group", lambda q: q["transformer"].update(group_size=64), "says 8-bit, group size 64 for"),
+        (q8, "layer-off", lambda q: q["transformer"].update({layer: False}), f"{layer} is stored quantized, but"),
+        (dense, "not-quantized", lambda q: q.update(transformer={"bits": 4, "group_size": 64, "mode": "affine"}),
+         "records 4-bit quantization but no stored tensor is quantized"),
+    )
+    for src, name, edit, phrase in cases:
+        folder = edited(src, name, edit)
+        for loras in ([], [lora]):  # a LoRA on top changes nothing: the folder is blamed, never the LoRA
+            with pytest.raises(CheckpointError) as e:
+                ltx_mlx.load(folder, loras=loras).transformer()
+            message = str(e.value)
+            assert message.startswith("transformer: ") and phrase in message, (name, message)
+            assert "convert the model again" in message and "LoRA" not in message and "\n" not in message, name

@@ -12,7 +12,7 @@ import ltx_mlx
 import ltx_mlx.weights.load as bundle_module
 from convert_fixtures import write_official
 from ltx_mlx.weights.checkpoint import CheckpointError
-from loading import load_official
+from loading import convert_official, load_official
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_converted_folder_from_the_hub(official, cache, monkeypatch):
     import huggingface_hub
 
     ckpt, gemma, config = official
-    folder = ltx_mlx.load(ckpt, dtype="float32", progress=False).folder
+    folder = convert_official(ckpt, out=cache.parent / "no-gemma.mlx")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(folder))
     model = ltx_mlx.load("someone/ltx-2-mlx")
     assert model.folder == folder and model.components == [
@@ -84,6 +84,31 @@ def test_converted_folder_from_the_hub(official, cache, monkeypatch):
         model.gemma()
     with pytest.raises(CheckpointError, match="0 spatial upsamplers"):
         model.spatial_upsampler()
+
+
+def test_official_checkpoint_without_gemma_is_refused_before_converting(official, cache, monkeypatch):
+    from ltx_mlx.pipelines.api import load as load_pipeline
+
+    ckpt, gemma, config = official
+    converted = []
+    monkeypatch.setattr(bundle_module, "convert", lambda *a, **k: converted.append(a))
+    calls = ((ltx_mlx.load, {}), (ltx_mlx.load, {"dtype": "float32", "quantize": 8}),
+             (bundle_module.load, {"dtype": "float16"}), (load_pipeline, {"distilled_lora": (str(ckpt), 1.0)}))
+    for load, kwargs in calls:
+        with pytest.raises(CheckpointError, match="needs the Gemma-3 text encoder: pass gemma_root"):
+            load(ckpt, **kwargs)
+    assert converted == [] and not cache.exists()
+    # a conversion the cache already holds is taken as it is; a damaged one is not
+    folder = bundle_module.cache_folder(str(ckpt), None, (), (), bundle_module.ConvertOptions(dtype="float32"))
+    monkeypatch.undo()
+    monkeypatch.setenv("LTX_MLX_CACHE", str(cache))
+    convert_official(ckpt, out=folder)
+    monkeypatch.setattr(bundle_module, "convert", lambda *a, **k: converted.append(a))
+    assert ltx_mlx.load(ckpt, dtype="float32").folder == folder
+    (folder / "vocoder" / "model-00001-of-00001.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="needs the Gemma-3 text encoder"):
+        ltx_mlx.load(ckpt, dtype="float32")
+    assert converted == []
 
 
 def test_bad_paths(tmp_path, official):

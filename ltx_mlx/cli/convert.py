@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distilled LoRA, stored as its own component for the two-stage pipelines (strength 1.0)")
     p.add_argument("--lora", nargs="+", action=PathAndStrength, default=[], metavar=("PATH", "STRENGTH"),
                    help="LoRA fused into the transformer's weights now (repeatable)")
+    p.add_argument("--checkpoint-kind", choices=("distilled", "dev"),
+                   help="whether the checkpoint is distilled or dev, recorded in the folder for generate.py "
+                        "(default: from the official file name, ltx-2.3-22b-distilled… / …-dev…)")
     p.add_argument("--mlx-path", default="mlx_model", help="output folder (default: mlx_model)")
     p.add_argument("--dtype", choices=list(DTYPES), default="bfloat16", help="weights dtype (default: bfloat16)")
     p.add_argument("-q", "--quantize", action="store_true", help="quantize the transformer blocks and Gemma's layers")
@@ -63,7 +66,7 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     elif args.q_high_bits or args.transformer_q_bits or args.gemma_q_bits:
         raise ValueError("--q-high-bits / --transformer-q-bits / --gemma-q-bits need -q/--quantize")
     return ConvertOptions(dtype=args.dtype, quantize=plans, loras=list(args.lora), distilled_lora=args.distilled_lora,
-                          force=args.force, progress=not args.quiet)
+                          force=args.force, progress=not args.quiet, checkpoint_kind=args.checkpoint_kind)
 
 
 def main(argv=None) -> int:

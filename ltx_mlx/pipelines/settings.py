@@ -11,7 +11,7 @@ from typing import NamedTuple, Sequence
 import av
 import numpy as np
 
-from ..weights.checkpoint import CheckpointError
+from ..weights.checkpoint import CheckpointError, checkpoint_kind
 from ..conditioning import check_strength
 from ..diffusion import MultiModalGuiderParams
 from ..media import DEFAULT_IMAGE_CRF, check_output_path, check_readable, decode_image, read_audio
@@ -379,11 +379,17 @@ def check_noise(noise: Sequence | None, stages: int):
 
 
 def is_distilled_checkpoint(config: dict) -> bool:
-    """Whether the converted model came from a distilled checkpoint (the official names say so; the files'
-    metadata does not)."""
-    source = config.get("source", {})
-    name = source.get("checkpoint", "") if isinstance(source, dict) else str(source)
-    return "distilled" in name.lower()
+    """Whether the converted model came from a distilled checkpoint: as recorded at conversion, else (folders of
+    earlier versions) from the official file name; the files' metadata does not tell."""
+    kind = config.get("checkpoint_kind")
+    if kind is None:
+        source = config.get("source") or {}
+        kind = checkpoint_kind(source.get("checkpoint", "") if isinstance(source, dict) else str(source))
+    if kind is None:
+        raise ValueError("cannot tell whether this model is a distilled or a dev checkpoint (the official file name "
+                         "says it, this one does not): pass --checkpoint-kind distilled or --checkpoint-kind dev "
+                         "(Python: distilled=True/False), or convert it with convert.py --checkpoint-kind")
+    return kind == "distilled"
 
 
 def check_model(spec: PipelineSpec, components: Sequence[str], config: dict, distilled: bool | None = None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from functools import lru_cache
 from pathlib import Path
@@ -58,34 +59,41 @@ def _fp8_table(exp_bits: int, man_bits: int) -> np.ndarray:
 class SafetensorsFile:
     """Lazy reader of one safetensors file: header and metadata up front, tensors on request."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, converted: bool = False):
+        """`converted`: a shard of a converted folder, whose fix is to convert again rather than re-download."""
         self.path = os.fspath(path)
+        fix = "convert the model again" if converted else "re-download it"
         if not os.path.isfile(self.path):
             raise CheckpointError(f"checkpoint not found: {self.path}")
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise CheckpointError(f"{self.path} is empty or truncated: not a safetensors file")
+                raise CheckpointError(f"{self.path} is empty or truncated: not a safetensors file; {fix}")
             (n,) = struct.unpack("<Q", head)
             if n < 2 or n > size - 8 or n > 100_000_000:
                 raise CheckpointError(f"{self.path} is not a safetensors file, or it is truncated (header of {n} bytes "
-                                      f"in a file of {size} bytes); re-download it")
+                                      f"in a file of {size} bytes); {fix}")
             try:
                 header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CheckpointError(f"{self.path}: corrupt safetensors header ({e}); re-download it") from None
+                if not isinstance(header, dict):
+                    raise ValueError("the header is not a JSON object")
+            except (UnicodeDecodeError, ValueError) as e:
+                raise CheckpointError(f"{self.path}: corrupt safetensors header ({e}); {fix}") from None
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
         self._data_start = 8 + n
         data_size = size - self._data_start
         self._entries = {}
         for key, info in header.items():
-            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            try:
+                dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            except (TypeError, KeyError, ValueError):
+                raise CheckpointError(f"{self.path}: corrupt safetensors header (entry {key!r}); {fix}") from None
             if dtype not in _ITEM_SIZE:
                 raise CheckpointError(f"{self.path}: tensor {key!r} has unsupported dtype {dtype}")
             if end > data_size or end - begin != _ITEM_SIZE[dtype] * int(np.prod(shape, dtype=np.int64)):
                 raise CheckpointError(f"{self.path} is truncated or corrupt: tensor {key!r} lies past the end of "
-                                      f"the file ({end} > {data_size} data bytes); re-download it")
+                                      f"the file ({end} > {data_size} data bytes); {fix}")
             self._entries[key] = (dtype, shape, begin, end)
         self._map = None
 
@@ -141,6 +149,22 @@ class SafetensorsFile:
 def is_ltx_2_3(model_version: str | None) -> bool:
     """The reference's pipeline-default switch: metadata model_version starting with '2.3'."""
     return bool(model_version) and model_version.startswith("2.3")
+
+
+DISTILLED_OR_DEV = ("distilled", "dev")
+
+
+def checkpoint_kind(path: str | os.PathLike, given: str | None = None) -> str | None:
+    """'distilled' or 'dev': as given, else as the official file name says (ltx-2.3-22b-distilled…, ltx-2-19b-dev…).
+    The official files cannot tell: their metadata holds only `config` and `model_version` (and the fp8 files'
+    `_quantization_metadata`), the same keys for both kinds. None when the name does not say (or says both)."""
+    if given is not None:
+        if given not in DISTILLED_OR_DEV:
+            raise ValueError(f"checkpoint kind {given!r} is not one of {', '.join(DISTILLED_OR_DEV)}")
+        return given
+    words = set(re.split(r"[^a-z0-9]+", os.path.basename(os.fspath(path)).lower()))
+    named = [k for k in DISTILLED_OR_DEV if k in words]
+    return named[0] if len(named) == 1 else None
 
 
 def official_tensor(sf: SafetensorsFile, key: str, dtype: mx.Dtype) -> mx.array:
@@ -199,8 +223,10 @@ def read_gemma_config(folder: str | os.PathLike) -> Gemma3Config:
                               "(e.g. google/gemma-3-12b-it-qat-q4_0-unquantized)")
     try:
         d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path} is empty or not valid JSON ({e}); re-download it") from None
     model_type = d.get("model_type")
     if model_type == "gemma3":
         text = dict(d.get("text_config") or {})
@@ -225,7 +251,7 @@ def weight_files(folder: str | os.PathLike) -> list[Path]:
     if index.is_file():
         try:
             names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index} is not a valid safetensors index ({e}); re-download it") from None
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:

@@ -17,6 +17,7 @@ Output (`config.json` + one subfolder per component, see `model_folder`):
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -30,13 +31,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
-from .checkpoint import CheckpointError, SafetensorsFile, load_strict, official_tensor, read_gemma_config, weight_files
+from .checkpoint import CheckpointError, SafetensorsFile, checkpoint_kind, load_strict, official_tensor, read_gemma_config, weight_files
 from .components import CHECKPOINT_KINDS, KINDS, QUANTIZABLE, Kind, build, upsampler_config, upsampler_name
 from .lora import LoRA, check_loras, fuse_loras, read_lora
 from .folder import MAX_SHARD_BYTES, atomic_output_dir, ensure_free_space, resolve_path, write_component
 
 from ..models import text_projection
 from ..models.text_projection import feature_extractor_version
+from ..models.transformer import PREFIX as TRANSFORMER_PREFIX
 from .quantize import QuantizationPlan, quantize_model
 from .tokenizer import PromptTokenizer
 
@@ -92,6 +94,7 @@ class ConvertOptions:
     progress: bool = True
     max_shard_bytes: int = MAX_SHARD_BYTES
     components: tuple[str, ...] | None = None  # convert only these of the checkpoint's components (None: all)
+    checkpoint_kind: str | None = None  # "distilled" / "dev"; None: from the file name (see `checkpoint_kind`)
 
 def quantization_plans(bits: int = 4, group_size: int = 64, mode: str = "affine", components=QUANTIZABLE,
                        high_bits: int | None = None, edge_blocks: int = 0,
@@ -237,6 +240,12 @@ def read_checkpoint(path: str) -> tuple[SafetensorsFile, dict, str | None]:
                               "this converter only handles LTX-2 family checkpoints")
     return sf, config, version
 
+def connector_shapes(sf: SafetensorsFile) -> dict[str, tuple[int, int]]:
+    """(out, in) of the text connectors' Linear layers, named as a LoRA names them (`video_embeddings_connector.…`)."""
+    prefixes = (text_projection.VIDEO_CONNECTOR_PREFIX, text_projection.AUDIO_CONNECTOR_PREFIX)
+    return {k[len(TRANSFORMER_PREFIX): -len(".weight")]: sf.shape(k) for k in sf.keys()
+            if k.startswith(prefixes) and k.endswith(".weight") and len(sf.shape(k)) == 2}
+
 def _registers(sf: SafetensorsFile, config: dict) -> list[int]:
     """Learnable registers per connector: the reference builds 128 whatever the config says; a stored tensor
     fixes the number (and a file without one fails the strict check against 128)."""
@@ -325,10 +334,11 @@ class Conversion:
     config: dict
     model_version: str | None
     source: str | None  # the official checkpoint, when one was given
+    checkpoint_kind: str | None  # "distilled" / "dev", None when neither the options nor the file name tell
     jobs: list[Job]
     loras: list[LoRA]
     distilled: LoRA | None
-    unmatched_lora_modules: list[str]
+    unfused_lora_modules: list[str]  # LoRA modules of the text connectors: accepted, not fused (see check_loras)
     gemma_folder: Path | None
 
     @property
@@ -374,28 +384,37 @@ def plan_conversion(checkpoint_path: str | None = None, gemma_root: str | None =
     loras = [read_lora(resolve_file(p, "the LoRA"), s) for p, s in opts.loras]
     distilled = (read_lora(resolve_file(opts.distilled_lora[0], "the distilled LoRA"), opts.distilled_lora[1])
                  if opts.distilled_lora else None)
-    unmatched = []
+    unfused = []
     for job in jobs:
         if job.kind.name == "transformer":
             job.loras = loras
             dense = _check_job(job, dtype)
-            unmatched = check_loras(loras + ([distilled] if distilled else []),
-                                    {k[: -len('.weight')]: v for k, v in dense.items() if k.endswith('.weight')})
+            unfused = check_loras(loras + ([distilled] if distilled else []),
+                                  {k[: -len('.weight')]: v for k, v in dense.items() if k.endswith('.weight')},
+                                  connector_shapes(sf))
         plan = opts.quantize.get(job.kind.name)
         if plan is not None or job.kind.name != "transformer":
             _quantize_job(job, plan)
             _check_job(job, dtype)
-    return Conversion(config or {}, version, sf.path if sf is not None else None, jobs, loras, distilled, unmatched,
-                      gemma_folder)
+    kind = checkpoint_kind(sf.path, opts.checkpoint_kind) if sf is not None else opts.checkpoint_kind
+    return Conversion(config or {}, version, sf.path if sf is not None else None, kind, jobs, loras, distilled,
+                      unfused, gemma_folder)
 
 def write_conversion(conv: Conversion, mlx_path: str, options: ConvertOptions | None = None) -> Path:
     """Stream a planned conversion into `mlx_path` (a temporary folder renamed at the end)."""
     opts = options or ConvertOptions()
     dtype, out = DTYPES[opts.dtype], Path(mlx_path)
     ensure_free_space(out, int(conv.output_bytes * 1.02) + (64 << 20))
-    if conv.unmatched_lora_modules:
-        print(f"ltx-mlx convert: {len(conv.unmatched_lora_modules)} LoRA modules match no transformer weight and "
-              f"are ignored (first: {conv.unmatched_lora_modules[0]})")
+    try:
+        _write_into(conv, out, dtype, opts)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise OSError(f"the disk filled up while writing {out} (about {conv.output_bytes / 1e9:.1f} GB needed); "
+                      "nothing was left there: free some space or choose another --mlx-path") from None
+    return out
+
+def _write_into(conv: Conversion, out: Path, dtype: mx.Dtype, opts: ConvertOptions):
     with atomic_output_dir(out, force=opts.force) as tmp:
         bar = tqdm(total=sum(j.out_bytes for j in conv.jobs), unit="B", unit_scale=True, disable=not opts.progress,
                    desc="converting")
@@ -410,8 +429,7 @@ def write_conversion(conv: Conversion, mlx_path: str, options: ConvertOptions | 
             _copy_gemma_files(conv.gemma_folder, tmp / "gemma", gemma.entry.get("quantization"))
         if conv.distilled is not None:
             _write_lora(tmp / "distilled_lora", conv.distilled)
-        (tmp / CONFIG_NAME).write_text(json.dumps(_folder_config(conv, opts), indent=1))
-    return out
+        (tmp / CONFIG_NAME).write_text(json.dumps(_folder_config(conv, opts), indent=1))  # last: marks it complete
 
 def convert(checkpoint_path: str | None, mlx_path: str, gemma_root: str | None = None,
             spatial_upsampler_paths: tuple[str, ...] = (), temporal_upsampler_paths: tuple[str, ...] = (),
@@ -423,6 +441,9 @@ def convert(checkpoint_path: str | None, mlx_path: str, gemma_root: str | None =
     error (or interruption) nothing is left at `mlx_path`.
     """
     opts = options or ConvertOptions()
+    if Path(mlx_path).exists() and not Path(mlx_path).is_dir():
+        raise FileExistsError(f"{mlx_path} is a file, not a model folder; choose another --mlx-path "
+                              "(--force replaces only a folder)")
     if Path(mlx_path).exists() and not opts.force:
         raise FileExistsError(f"{mlx_path} already exists; choose another --mlx-path or pass --force to replace it")
     conv = plan_conversion(checkpoint_path, gemma_root, spatial_upsampler_paths, temporal_upsampler_paths, opts)
@@ -449,6 +470,7 @@ def _folder_config(conv: Conversion, opts: ConvertOptions) -> dict:
         "format_version": FORMAT_VERSION,
         "ltx_mlx_version": __version__,
         "model_version": conv.model_version,
+        "checkpoint_kind": conv.checkpoint_kind,
         "dtype": opts.dtype,
         "config": conv.config,
         "components": components,

@@ -10,6 +10,7 @@ Layout of a converted folder:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -18,10 +19,20 @@ from typing import Iterable
 
 import mlx.core as mx
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, SafetensorsFile
 
 MAX_SHARD_BYTES = 5 * 1024**3
 INDEX_NAME = "model.safetensors.index.json"
+
+
+def _save_shard(path: Path, tensors: dict[str, mx.array]):
+    try:
+        mx.save_safetensors(str(path), tensors, metadata={"format": "mlx"})
+    except RuntimeError as e:  # MLX reports a full disk as "[write] Unable to write N bytes to file."
+        nbytes = sum(v.nbytes for v in tensors.values())
+        if shutil.disk_usage(path.parent).free < nbytes + (16 << 20):
+            raise OSError(errno.ENOSPC, f"No space left on device writing {path}") from None
+        raise OSError(f"cannot write {path}: {e}") from None
 
 
 def write_component(folder: str | os.PathLike, tensors: Iterable[tuple[str, mx.array]],
@@ -37,7 +48,7 @@ def write_component(folder: str | os.PathLike, tensors: Iterable[tuple[str, mx.a
         nonlocal current, size
         if current:
             name = f"part-{len(written):05d}.safetensors"
-            mx.save_safetensors(str(folder / name), current, metadata={"format": "mlx"})
+            _save_shard(folder / name, current)
             written.append((name, list(current)))
             current, size = {}, 0
 
@@ -59,44 +70,98 @@ def write_component(folder: str | os.PathLike, tensors: Iterable[tuple[str, mx.a
     return index
 
 
-def read_component(folder: str | os.PathLike) -> dict[str, mx.array]:
-    """Every tensor of one converted component (as written by `write_component`)."""
+def read_index(folder: str | os.PathLike) -> dict[str, str]:
+    """The weight map (name → shard) of one converted component, with every shard it names present."""
     folder = Path(folder)
     index_path = folder / INDEX_NAME
     if not index_path.is_file():
         raise CheckpointError(f"{folder} is not a converted ltx-mlx component (no {INDEX_NAME}); "
                               "convert the model again with convert.py")
-    weight_map = json.loads(index_path.read_text())["weight_map"]
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map is not a name → shard mapping")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index_path} is empty or corrupt ({type(e).__name__}: {e}); the converted folder is "
+                              "damaged: convert the model again") from None
+    for shard in sorted(set(weight_map.values())):
+        if not (folder / shard).is_file():
+            raise CheckpointError(f"{folder / shard} is missing: the converted folder is incomplete; convert again")
+    return weight_map
+
+
+def read_component(folder: str | os.PathLike) -> dict[str, mx.array]:
+    """Every tensor of one converted component (as written by `write_component`)."""
+    folder = Path(folder)
+    weight_map = read_index(folder)
     out = {}
     for shard in sorted(set(weight_map.values())):
         path = folder / shard
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing: the converted folder is incomplete; convert again")
-        out.update(mx.load(str(path)))
+        SafetensorsFile(path, converted=True)  # a truncated or corrupt shard is named here, not by mx.load
+        try:
+            out.update(mx.load(str(path)))
+        except (RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{path} cannot be read ({e}); the converted folder is damaged: convert the model "
+                                  "again") from None
     missing = set(weight_map) - set(out)
     if missing:
         raise CheckpointError(f"{folder}: the shards lack {sorted(missing)[:5]}; the folder is corrupt, convert again")
     return out
 
 
+def _owner_alive(leftover: Path) -> bool:
+    """Whether the process that named a `.partial-<pid>` / `.old-<pid>` folder is still running."""
+    try:
+        os.kill(int(leftover.name.rsplit("-", 1)[1]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    return True
+
+
+def remove_leftovers(final: str | os.PathLike):
+    """Remove the temporary folders of earlier writes to `final` whose process has died (killed, crashed)."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    for p in final.parent.iterdir():  # not glob: a name may hold glob's special characters
+        if p.name.rsplit("-", 1)[0] in (f".{final.name}.partial", f".{final.name}.old") and not _owner_alive(p):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(final: str | os.PathLike, force: bool = False):
-    """Yield a temporary folder beside `final`; it becomes `final` only if the block completes."""
+    """Yield a temporary folder beside `final`; it becomes `final` only if the block completes.
+
+    Whatever interrupts the block (an exception, Ctrl-C, a full disk) removes the temporary folder; a run that was
+    killed outright leaves it behind, and the next write to `final` removes it. An existing `final` is moved
+    aside before the new one takes its name, so `final` is at every instant either the old folder or the new one."""
     final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise FileExistsError(f"{final} is a file, not a model folder; choose another output path "
+                              "(--force replaces only a folder)")
     if final.exists() and not force:
         raise FileExistsError(f"{final} already exists; choose another output path or pass --force to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(final)
     tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
     try:
-        yield tmp
-    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        tmp.mkdir()
+        yield tmp
+        if final.exists():
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old.exists() and not final.exists():
+                os.replace(old, final)  # put the previous folder back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_free_space(folder: str | os.PathLike, needed_bytes: int):

@@ -13,18 +13,17 @@ import gc
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Iterable
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .checkpoint import CheckpointError, load_strict
+from .checkpoint import CheckpointError, SafetensorsFile, load_strict
 from .components import build
 from .convert import CONFIG_NAME, FORMAT, FORMAT_VERSION, ConvertOptions, convert, quantization_plans
 from .lora import LoRA, logical_shape, check_loras, fuse_loras, read_lora
-from .folder import read_component, resolve_path
+from .folder import read_component, read_index, resolve_path
 from .quantize import QuantizationPlan, quantize_like_saved
 from ..models.gemma3 import Gemma3Config
 
@@ -50,17 +49,19 @@ def _lora_layer_settings(qconfig: dict | None, module: str) -> dict | None:
     return {k: qconfig[k] for k in ("group_size", "bits", "mode") if k in qconfig}
 
 
-def fuse_into(weights: dict[str, mx.array], loras: list[LoRA], qconfig: dict | None) -> list[str]:
-    """Fuse LoRAs into converted transformer weights (dense or quantized, each layer with its own settings)."""
+def fuse_into(weights: dict[str, mx.array], loras: list[LoRA], qconfig: dict | None,
+              unfused: dict[str, tuple[int, int]] | None = None) -> list[str]:
+    """Fuse LoRAs into converted transformer weights (dense or quantized, each layer with its own settings);
+    `unfused` as in `check_loras`. Returns the accepted but unfused (text connector) modules."""
     modules = sorted({m for lr in loras for m in lr.pairs if m + ".weight" in weights})
     shapes = {m: logical_shape(weights, m, _lora_layer_settings(qconfig, m)) for m in modules}
-    unmatched = check_loras(loras, shapes)
+    ignored = check_loras(loras, shapes, unfused)
     for module in modules:
         hits = [LoRA(lr.path, lr.strength, {module: lr.pairs[module]}) for lr in loras if module in lr.pairs]
         part = {k: weights[k] for k in (module + s for s in (".weight", ".scales", ".biases")) if k in weights}
         fuse_loras(part, hits, quantization=_lora_layer_settings(qconfig, module) if module + ".scales" in part else None)
         weights.update(part)
-    return unmatched
+    return ignored
 
 
 class LTXModelBundle:
@@ -74,10 +75,12 @@ class LTXModelBundle:
                                   "official checkpoint with convert.py, or pass the .safetensors file itself")
         try:
             self.config = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path} is not valid JSON ({e}); convert the model again") from None
-        if self.config.get("format") != FORMAT or "components" not in self.config:
-            raise CheckpointError(f"{path} is not an ltx-mlx model config (format {self.config.get('format')!r}); "
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"{path} is empty or not valid JSON ({e}); the converted folder is damaged: "
+                                  "convert the model again") from None
+        if not isinstance(self.config, dict) or self.config.get("format") != FORMAT or "components" not in self.config:
+            fmt = self.config.get("format") if isinstance(self.config, dict) else None
+            raise CheckpointError(f"{path} is not an ltx-mlx model config (format {fmt!r}); "
                                   "convert the model with convert.py")
         if self.config.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{self.folder} was converted by another ltx-mlx version (folder format "
@@ -117,19 +120,33 @@ class LTXModelBundle:
         model = build(kind, entry["config"])
         weights = read_component(self.folder / entry["folder"])
         qconfig = self.config.get("quantization", {}).get(name)
-        quantize_like_saved(model, weights, qconfig)
+        quantize_like_saved(model, weights, qconfig, name)
         loras = [as_lora(x) for x in loras]
         if loras:
             if kind != "transformer":
                 raise ValueError(f"LoRAs apply to the transformer only, not to the {name}")
-            unmatched = fuse_into(weights, loras, qconfig)
-            if unmatched:
-                warnings.warn(f"{len(unmatched)} LoRA modules match no transformer weight and are ignored "
-                              f"(first: {unmatched[0]})", stacklevel=2)
+            fuse_into(weights, loras, qconfig, self.connector_shapes())
         load_strict(model, weights, f"{name} ({self.folder})")
         model.eval()
         mx.eval(model.parameters())
         return model
+
+    def connector_shapes(self) -> dict[str, tuple[int, int]]:
+        """(out, in) of the stored text connectors' Linear layers, named as LoRAs name them (headers only)."""
+        if "text_projection" not in self:
+            return {}
+        folder = self.folder / self._entry("text_projection")["folder"]
+        ours = {"video_connector.": "video_embeddings_connector.", "audio_connector.": "audio_embeddings_connector."}
+        shapes, files = {}, {}
+        for name, shard in read_index(folder).items():
+            head = next((h for h in ours if name.startswith(h)), None)
+            if head and name.endswith(".weight"):
+                if shard not in files:
+                    files[shard] = SafetensorsFile(folder / shard, converted=True)
+                shape = files[shard].shape(name)
+                if len(shape) == 2:
+                    shapes[ours[head] + name[len(head): -len(".weight")]] = shape
+        return shapes
 
     def get(self, name: str, loras: Iterable[LoRASpec] | None = None) -> nn.Module:
         """The component `name`, built once and cached (the transformer per set of LoRAs)."""
@@ -229,22 +246,48 @@ def _identity(path: str) -> list:
     return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
 
 
+def is_complete(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a finished conversion: a readable config.json and every component's index and shards."""
+    try:
+        bundle = LTXModelBundle(folder)
+        for entry in bundle.config["components"].values():
+            read_index(bundle.folder / entry["folder"])
+    except (CheckpointError, KeyError, TypeError):
+        return False
+    return True
+
+
 def cached_conversion(checkpoint: str, gemma_root: str | None = None, spatial_upsamplers=(), temporal_upsamplers=(),
                       options: ConvertOptions | None = None) -> Path:
-    """The cache folder of an official checkpoint's conversion, converting it the first time."""
+    """The cache folder of an official checkpoint's conversion, converting it the first time.
+
+    Without `gemma_root` only an existing conversion is taken: a new one would lack the text encoder, and is
+    refused before anything is converted."""
     opts = options or ConvertOptions()
+    folder = cache_folder(checkpoint, gemma_root, spatial_upsamplers, temporal_upsamplers, opts)
+    if is_complete(folder):
+        return folder
+    if gemma_root is None:
+        raise CheckpointError(f"{checkpoint} is an official checkpoint, and converting it needs the Gemma-3 text "
+                              "encoder: pass gemma_root (generate.py: --gemma-root) with the folder or hub id "
+                              "google/gemma-3-12b-it-qat-q4_0-unquantized, or pass a folder converted by convert.py")
+    opts.force = True  # whatever lies there is an unfinished or damaged conversion, never a finished one
+    convert(checkpoint, str(folder), gemma_root, tuple(spatial_upsamplers), tuple(temporal_upsamplers), opts)
+    return folder
+
+
+def cache_folder(checkpoint: str, gemma_root: str | None, spatial_upsamplers, temporal_upsamplers,
+                 opts: ConvertOptions) -> Path:
+    """Where the cache keeps the conversion of these inputs (by path, size and mtime) with these options."""
     inputs = [checkpoint, gemma_root, *spatial_upsamplers, *temporal_upsamplers, *(p for p, _ in opts.loras),
               *([opts.distilled_lora[0]] if opts.distilled_lora else [])]
     settings = {"inputs": [_identity(p) if p else None for p in inputs], "dtype": opts.dtype,
                 "lora_strengths": [s for _, s in opts.loras], "distilled": opts.distilled_lora,
                 "quantize": {k: [v.bits, v.group_size, v.mode, v.high_bits, v.edge_blocks]
-                             for k, v in sorted(opts.quantize.items())}}
+                             for k, v in sorted(opts.quantize.items())},
+                **({"kind": opts.checkpoint_kind} if opts.checkpoint_kind else {})}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_root() / f"{Path(checkpoint).stem}-{opts.dtype}-{digest}"
-    if not (folder / CONFIG_NAME).is_file():
-        opts.force = True  # a folder without config.json is a leftover, never a finished conversion
-        convert(checkpoint, str(folder), gemma_root, tuple(spatial_upsamplers), tuple(temporal_upsamplers), opts)
-    return folder
+    return cache_root() / f"{Path(checkpoint).stem}-{opts.dtype}-{digest}"
 
 
 def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gemma_root: str | None = None,

@@ -34,6 +34,10 @@ class LoRA:
 
 def read_lora(path: str | os.PathLike, strength: float = 1.0) -> LoRA:
     """Read a LoRA safetensors file; module names lose every `diffusion_model.` as in the reference."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"the LoRA {os.fspath(path)} is a folder: pass the LoRA's .safetensors file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"LoRA file not found: {os.fspath(path)}")
     sf = SafetensorsFile(path)
     pairs, ignored = {}, []
     names = [k.replace("diffusion_model.", "") for k in sf.keys()]
@@ -54,7 +58,8 @@ def read_lora(path: str | os.PathLike, strength: float = 1.0) -> LoRA:
         else:
             ignored.append(by_name[name])
     if not pairs:
-        raise CheckpointError(f"{sf.path} holds no LoRA weights (no '*.lora_A.weight' / '*.lora_B.weight' keys)")
+        raise CheckpointError(f"{sf.path} is not a LoRA: it holds no LoRA weights (no '*.lora_A.weight' / "
+                              "'*.lora_B.weight' keys)")
     return LoRA(os.fspath(path), float(strength), pairs, ignored, dict(sf.metadata))
 
 
@@ -65,42 +70,55 @@ def _delta(lora: LoRA, module: str, dtype: mx.Dtype) -> mx.array:
     return mx.matmul(b.astype(mx.float32), a.astype(mx.float32)).astype(dtype)
 
 
-def check_loras(loras: list[LoRA], shapes: dict[str, tuple[int, int]]) -> list[str]:
+def check_loras(loras: list[LoRA], shapes: dict[str, tuple[int, int]],
+                unfused: dict[str, tuple[int, int]] | None = None) -> list[str]:
     """The one check of LoRAs against a model: `shapes` maps each Linear module to its (out, in).
 
-    A module of another shape means a LoRA for a different model (e.g. LTX-2 vs LTX-2.3): an error. Returns
-    the modules that match no layer ("file: module"); when nothing matches at all, that is an error too."""
-    unmatched = []
+    `unfused`: layers of the model that a LoRA may name but that are not fused — the text connectors
+    (`video_embeddings_connector.*`, `audio_embeddings_connector.*`). The reference fuses LoRAs into the
+    transformer's state dict, connector keys included, and then drops those keys when it loads the
+    transformer (its text-projection builder takes no LoRAs): it accepts them and ignores them, and so do we.
+    A module of another shape means a LoRA for a different model (e.g. LTX-2 vs LTX-2.3), and a module that
+    is no layer of this model at all means the same: both are errors. Returns the unfused modules ("file: module")."""
+    unmatched, ignored = [], []
     for lora in loras:
         for module, (a, b) in lora.pairs.items():
             shape = shapes.get(module)
+            if shape is None and module in (unfused or {}):
+                shape = unfused[module]
+                ignored.append(f"{os.path.basename(lora.path)}: {module}")
             if shape is None:
                 unmatched.append(f"{os.path.basename(lora.path)}: {module}")
             elif (b.shape[0], a.shape[1]) != tuple(shape):
                 raise CheckpointError(
                     f"LoRA {lora.path} does not fit this model: {module} is {tuple(shape)} in the model but "
                     f"{(b.shape[0], a.shape[1])} in the LoRA. Is it made for the other model version (LTX-2 vs LTX-2.3)?")
-    if loras and len(unmatched) == sum(len(lr.pairs) for lr in loras):
+    total = sum(len(lr.pairs) for lr in loras)
+    if unmatched and len(unmatched) == total:
         raise CheckpointError("none of the LoRA modules exist in this model: is it a LoRA for another model? "
-                              f"(first: {unmatched[0]})")
-    return unmatched
+                              f"(first: {', '.join(unmatched[:3])})")
+    if unmatched:
+        raise CheckpointError(f"{len(unmatched)} of the {total} LoRA modules match no layer of this model "
+                              f"(first: {', '.join(unmatched[:3])}): is the LoRA made for another model?")
+    return ignored
 
 
-def fuse_loras(weights: dict[str, mx.array], loras: list[LoRA], quantization: dict | None = None) -> list[str]:
+def fuse_loras(weights: dict[str, mx.array], loras: list[LoRA], quantization: dict | None = None,
+               unfused: dict[str, tuple[int, int]] | None = None) -> list[str]:
     """Fuse `loras` into `weights` (transformer keys, reference names) in place.
 
-    `quantization` ({group_size, bits, mode}) applies to weights that come with `.scales`.
-    Returns the LoRA modules that matched no weight (see `check_loras`).
+    `quantization` ({group_size, bits, mode}) applies to weights that come with `.scales`; `unfused` as in
+    `check_loras`, which refuses any module that matches nothing. Returns the unfused (ignored) modules.
     """
     modules = {m for lr in loras for m in lr.pairs if m + ".weight" in weights}
-    unmatched = check_loras(loras, {m: logical_shape(weights, m, quantization) for m in modules})
+    ignored = check_loras(loras, {m: logical_shape(weights, m, quantization) for m in modules}, unfused)
     for module in sorted(modules):
         hits = [lora for lora in loras if module in lora.pairs]
         if module + ".scales" in weights:
             _fuse_quantized(weights, module, hits, quantization)
         else:
             _fuse_dense(weights, module + ".weight", hits)
-    return unmatched
+    return ignored
 
 
 def logical_shape(weights, module: str, quantization: dict | None) -> tuple[int, int]:

@@ -87,8 +87,11 @@ def quantize_model(model: nn.Module, plan: QuantizationPlan, select=transformer_
     return plan
 
 
-def quantize_like_saved(model: nn.Module, weights: dict[str, mx.array], qconfig: dict | None):
-    """Before loading a converted component: quantize exactly the layers whose `.scales` were saved."""
+def quantize_like_saved(model: nn.Module, weights: dict[str, mx.array], qconfig: dict | None,
+                        component: str = "model"):
+    """Before loading a converted component: quantize exactly the layers whose `.scales` were saved, after
+    checking that config.json's quantization entry agrees with the stored tensors."""
+    check_saved_quantization(model, weights, qconfig, component)
     if not qconfig:
         return
     default = {k: qconfig[k] for k in ("group_size", "bits", "mode") if k in qconfig}
@@ -100,6 +103,37 @@ def quantize_like_saved(model: nn.Module, weights: dict[str, mx.array], qconfig:
         return dict(override) if isinstance(override, dict) else dict(default)
 
     nn.quantize(model, class_predicate=predicate)
+
+
+def check_saved_quantization(model: nn.Module, weights: dict[str, mx.array], qconfig: dict | None, component: str):
+    """config.json's quantization entry and the stored `.weight`/`.scales` shapes must tell the same story."""
+    from .checkpoint import CheckpointError
+
+    fix = "the converted folder is inconsistent: convert the model again"
+    stored = sorted(k[: -len(".scales")] for k in weights if k.endswith(".scales"))
+    if not qconfig:
+        if stored:
+            raise CheckpointError(f"{component}: {len(stored)} stored layers are quantized (e.g. {stored[0]}.scales) "
+                                  f"but config.json has no quantization entry for {component}; {fix}")
+        return
+    if not stored:
+        raise CheckpointError(f"{component}: config.json records {qconfig.get('bits')}-bit quantization but no stored "
+                              f"tensor is quantized (no .scales); {fix}")
+    modules = dict(model.named_modules())
+    for path in stored:
+        module = modules.get(path)
+        settings = qconfig.get(path, qconfig)
+        if module is None or not hasattr(module, "to_quantized") or not isinstance(settings, dict):
+            raise CheckpointError(f"{component}: {path} is stored quantized, but config.json does not quantize it "
+                                  f"(or it is not a quantizable layer); {fix}")
+        bits, group = settings.get("bits"), settings.get("group_size")
+        in_dim = module.weight.shape[-1]
+        packed, scales = weights[path + ".weight"].shape[-1], weights[path + ".scales"].shape[-1]
+        if not bits or not group or (packed, scales) != (in_dim * bits // 32, in_dim // group):
+            raise CheckpointError(
+                f"{component}: config.json says {bits}-bit, group size {group} for {path}, but its stored tensors "
+                f"(weight {packed} packed words, {scales} scales per row for {in_dim} inputs) were quantized with "
+                f"other settings; {fix}")
 
 
 def quantized_layers(model: nn.Module) -> dict[str, int]:
