@@ -4,14 +4,18 @@ Layouts: decoded images/frames are RGB uint8 `(H, W, 3)`; `load_image_conditioni
 `(1, 1, H, W, 3)` in [-1, 1] (B, F, H, W, C: the video VAE encoder's channels-last input); audio is float32
 `(channels, samples)`. The mp4 writer takes uint8 `(f, H, W, 3)` chunks and float32 `(2, N)` audio.
 
-Deliberate difference from the reference writer: the video frame rate is kept as a fraction
-(24000/1001 stays 24000/1001) instead of being truncated with `int(fps)`.
+Deliberate differences from the reference writer: the video frame rate is kept as a fraction
+(24000/1001 stays 24000/1001) instead of being truncated with `int(fps)`; libx264 runs one thread so the same
+frames always give the same bytes (the reference's default thread count can encode them differently); only
+`.mp4` paths are written; a path is locked while it is written and dead writers' partial files are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import secrets
 from collections import deque
 from fractions import Fraction
@@ -23,7 +27,11 @@ import mlx.core as mx
 import numpy as np
 
 DEFAULT_IMAGE_CRF = 33
-_INT_AUDIO_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0}
+# Integer PCM → [-1, 1): (offset, full scale). Unsigned 8-bit is centred on 128.
+_INT_AUDIO = {"u8": (128.0, 128.0), "s16": (0.0, 32768.0), "s32": (0.0, 2147483648.0), "s64": (0.0, 2.0 ** 63)}
+# One encoding thread for the mp4: libx264's output then depends on the frames alone, not on thread timing under
+# load. (The single-frame CRF round trip keeps the encoder's default, as the reference, whose pixels it matches.)
+_X264_DETERMINISTIC = {"threads": "1"}
 
 
 def check_readable(path, what: str = "file"):
@@ -35,11 +43,16 @@ def check_readable(path, what: str = "file"):
 
 
 def check_output_path(path):
-    """Fail early, before any heavy work, if `path` cannot be written."""
+    """Fail early, before any heavy work, if `path` cannot be written or does not name an .mp4 file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"The output path must be a str or os.PathLike, got {path!r:.80}.")
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"The output path {path!r} is a folder; give a file name such as {path!r}/out.mp4.")
+    if os.path.splitext(path)[1].lower() != ".mp4":
+        raise ValueError(f"The output path {path!r} does not end in .mp4, the only container written (H.264 + "
+                         "AAC); give a name ending in .mp4.")
     if not os.path.isdir(folder):
         raise ValueError(f"The output folder {folder!r} does not exist; create it first.")
     if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
@@ -233,13 +246,17 @@ def load_video_conditioning(path, height: int, width: int, max_frames: int) -> m
 
 
 def _audio_to_float(frame: av.AudioFrame) -> np.ndarray:
+    """Any PCM sample format PyAV decodes to (u8, s16, s32, s64, flt, dbl; packed or planar) → float32
+    `(channels, samples)`, integers scaled to [-1, 1)."""
     fmt = frame.format.name.rstrip("p")
-    x = frame.to_ndarray().astype(np.float32)
-    if fmt in _INT_AUDIO_SCALE:
-        x = x / np.float32(_INT_AUDIO_SCALE[fmt])
+    x = frame.to_ndarray()
+    if fmt in _INT_AUDIO:
+        offset, scale = _INT_AUDIO[fmt]
+        x = (x.astype(np.float64) - offset) / scale
+    x = x.astype(np.float32)
     if not frame.format.is_planar:
         x = x.reshape(-1, len(frame.layout.channels)).T
-    return x
+    return np.ascontiguousarray(x)
 
 
 def read_audio(path, start_time: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, int] | None:
@@ -326,7 +343,7 @@ def _check_chunk(chunk, size):
 def _write(container, chunks: Iterator, fps: Fraction, audio: av.AudioFrame | None, crf, progress) -> int:
     first = _check_chunk(next(chunks), None)
     size = first.shape[1:3]
-    options = {} if crf is None else {"crf": str(crf)}
+    options = {**_X264_DETERMINISTIC, **({} if crf is None else {"crf": str(crf)})}
     stream = container.add_stream("libx264", rate=fps, options=options)
     stream.height, stream.width = size
     stream.pix_fmt = "yuv420p"
@@ -356,13 +373,93 @@ def _write(container, chunks: Iterator, fps: Fraction, audio: av.AudioFrame | No
     return count
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _partial_name(path: str, pid: int) -> str:
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{pid}-{secrets.token_hex(4)}.partial")
+
+
+def remove_stale_partials(path) -> list[str]:
+    """Remove the partial files of `path` whose writing process is dead (a killed run); returns them."""
+    path = os.path.abspath(os.fspath(path))
+    pattern = re.compile(re.escape(f".{os.path.basename(path)}.") + r"(\d+)-[0-9a-f]+\.partial")
+    removed = []
+    for name in os.listdir(os.path.dirname(path)):
+        m = pattern.fullmatch(name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(os.path.dirname(path), name))
+            removed.append(name)
+    return removed
+
+
+_HELD: dict[str, int] = {}  # lock file -> nesting depth, in this process
+
+
+def lock_path(path) -> str:
+    path = os.path.abspath(os.fspath(path))
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(path):
+    """Hold `path` for this process: a lock file beside it, created exclusively with our pid. A second run to
+    the same path is refused while the owner lives; a lock whose owner is dead is taken over. Re-entrant."""
+    lock = lock_path(path)
+    if lock in _HELD:
+        _HELD[lock] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock] -= 1
+        return
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    owner = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                raise ValueError(f"Another run (process {owner}) is writing {os.fspath(path)!r}; wait for it to "
+                                 f"finish or choose another --output-path (if no such run exists, delete {lock!r})."
+                                 ) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)  # its owner is dead
+    else:
+        raise ValueError(f"Could not lock {os.fspath(path)!r} ({lock!r} keeps reappearing); is another run writing "
+                         "there?")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    _HELD[lock] = 1
+    try:
+        remove_stale_partials(path)
+        yield
+    finally:
+        del _HELD[lock]
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+
+
 def write_mp4(path, video: Iterable | np.ndarray, fps, audio=None, sample_rate: int | None = None, *,
               crf: float | None = None, progress=None) -> int:
     """Write H.264 (yuv420p) video at `fps` (kept exact, see `as_frame_rate`) and optional AAC stereo audio.
 
     `video`: one uint8 `(F, H, W, 3)` array or an iterable of such chunks, consumed lazily so decoded tiles
     stream straight in. `audio`: float `(2, N)` in [-1, 1] at `sample_rate`. The file is written next to
-    `path` under a temporary name and renamed when complete; on any error it is removed. `crf`: x264
+    `path` under a temporary name and renamed when complete; on any error it is removed. The path is held
+    with `output_lock` meanwhile, and partial files left by dead writers are removed. `crf`: x264
     quality (encoder default when None, as the reference). `progress`: an optional tqdm-like object
     updated with frame counts. Returns the number of frames written.
     """
@@ -373,16 +470,17 @@ def write_mp4(path, video: Iterable | np.ndarray, fps, audio=None, sample_rate: 
     audio = _stereo_s16(audio, sample_rate) if audio is not None else None
     chunks = iter([video]) if isinstance(video, (np.ndarray, mx.array)) else iter(video)
     path = os.path.abspath(os.fspath(path))
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.partial")
-    try:
-        with av.open(tmp, "w", format="mp4") as container:
-            try:
-                count = _write(container, chunks, rate, audio, crf, progress)
-            except StopIteration:
-                raise ValueError("No video frames were given.") from None
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    tmp = _partial_name(path, os.getpid())
+    with output_lock(path):
+        try:
+            with av.open(tmp, "w", format="mp4") as container:
+                try:
+                    count = _write(container, chunks, rate, audio, crf, progress)
+                except StopIteration:
+                    raise ValueError("No video frames were given.") from None
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
     return count

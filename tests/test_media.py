@@ -219,3 +219,101 @@ def test_writer_matches_reference_encode_video(tmp_path):
     (ours_v, ours_a), (ref_v, ref_a) = _decode_all(tmp_path / "ours.mp4"), _decode_all(tmp_path / "ref.mp4")
     np.testing.assert_array_equal(ours_v, ref_v)
     np.testing.assert_array_equal(ours_a, ref_a)
+
+
+# Every PCM sample format PyAV decodes to, from files written with a codec that yields it.
+PCM = [  # (codec, format given to the encoder, container, decoded format, tolerance; the output is float32)
+    ("pcm_u8", "u8", "wav", "u8", 1 / 64), ("pcm_s16le", "s16", "wav", "s16", 1e-4),
+    ("pcm_s24le", "s32", "wav", "s32", 1e-6), ("pcm_s32le", "s32", "wav", "s32", 1e-7),
+    ("pcm_f32le", "flt", "wav", "flt", 1e-7), ("pcm_f64le", "dbl", "wav", "dbl", 1e-7),
+    ("wavpack", "s16p", "wv", "s16p", 1e-4), ("wavpack", "fltp", "wv", "fltp", 1e-7),
+    ("alac", "s32p", "mov", "s32p", 1e-6),
+]
+_RANGES = {"u8": (128, 127), "s16": (0, 32767), "s32": (0, 2 ** 31 - 1), "flt": (0, 1), "dbl": (0, 1)}
+
+
+def _write_pcm(path, codec, fmt, container, x, rate):
+    base = fmt.rstrip("p")
+    offset, scale = _RANGES[base]
+    dtype = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "flt": np.float32, "dbl": np.float64}[base]
+    data = (np.round(x * scale) + offset if base in ("u8", "s16", "s32") else x).astype(dtype)
+    layout = "mono" if len(x) == 1 else "stereo"
+    with av.open(str(path), "w", format=container) as c:
+        s = c.add_stream(codec, rate=rate)
+        s.codec_context.layout, s.codec_context.format = layout, fmt
+        arr = data if fmt.endswith("p") else np.ascontiguousarray(data.T).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(arr, format=fmt, layout=layout)
+        frame.sample_rate, frame.pts = rate, 0
+        for packet in [*s.encode(frame), *s.encode(None)]:
+            c.mux(packet)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("codec,fmt,container,decoded,tol", PCM, ids=[f"{c}-{f}" for c, f, *_ in PCM])
+def test_read_audio_decodes_every_pcm_format(tmp_path, codec, fmt, container, decoded, tol, channels):
+    rate, n = 8000, 1600
+    t = np.arange(n) / rate
+    x = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), -0.25 + 0.5 * np.cos(2 * np.pi * 200 * t)])[:channels]
+    path = tmp_path / f"tone.{container}"
+    _write_pcm(path, codec, fmt, container, x, rate)
+    with av.open(str(path)) as c:
+        assert next(c.decode(audio=0)).format.name == decoded
+    got, got_rate = media.read_audio(path)
+    assert got_rate == rate and got.dtype == np.float32 and got.shape == (channels, n)
+    np.testing.assert_allclose(got, x, atol=tol, rtol=0)  # no DC offset (u8 is centred on 128), no gain error
+
+
+def _busy(seconds: float):
+    import subprocess
+    import sys
+
+    code = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 2)]
+
+
+def test_same_frames_same_bytes_under_cpu_load(tmp_path):
+    """libx264 runs one thread, so its output cannot depend on thread timing: two encodes of the same frames
+    while every core is busy are byte-identical, and the stream's own x264 settings say threads=1."""
+    rng = np.random.default_rng(5)
+    frames = np.clip(rng.normal(128, 60, (25, 128, 192, 3)), 0, 255).astype(np.uint8)
+    frames[:, 32:96, ::8] = 255  # some structure for motion search
+    load = _busy(30)
+    try:
+        paths = [tmp_path / f"{i}.mp4" for i in range(2)]
+        for p in paths:
+            media.write_mp4(p, iter([frames[:12], frames[12:]]), 24, _tone(24000, 24000), 24000)
+    finally:
+        for proc in load:
+            proc.kill()
+            proc.wait()
+    a, b = (p.read_bytes() for p in paths)
+    assert a == b
+    assert b" threads=1 " in a  # x264's options SEI in the bitstream (the encoder's default here is 2 or more)
+
+
+def test_partials_of_dead_writers_are_removed_and_the_path_is_locked(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "clip.mp4"
+    stale = tmp_path / f".clip.mp4.{dead.pid}-00ff00ff.partial"
+    other = tmp_path / f".other.mp4.{dead.pid}-00ff00ff.partial"  # another output's: not ours to touch
+    stale.write_bytes(b"x")
+    other.write_bytes(b"x")
+    (tmp_path / ".clip.mp4.lock").write_text(str(dead.pid))  # a dead run's lock is taken over
+    media.write_mp4(out, np.zeros((2, 32, 32, 3), np.uint8), 24)
+    assert sorted(os.listdir(tmp_path)) == [".other.mp4." + stale.name.split(".mp4.")[1], "clip.mp4"]
+    with media.output_lock(out):  # held by this process: re-entrant for its own writes
+        media.write_mp4(out, np.zeros((2, 32, 32, 3), np.uint8), 24)
+        assert os.path.exists(media.lock_path(out))
+    assert not os.path.exists(media.lock_path(out))
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".clip.mp4.lock").write_text(str(live.pid))
+        with pytest.raises(ValueError, match=f"Another run \\(process {live.pid}\\) is writing"):
+            media.write_mp4(out, np.zeros((2, 32, 32, 3), np.uint8), 24)
+    finally:
+        live.kill()
+        live.wait()

@@ -205,6 +205,11 @@ BAD = [  # (model, args, words the one-line error must contain)
     ("dev", ["--audio-path", "THREE"], ["3 audio channels", "stereo"]),
     ("distilled", ["--audio-path", "WAV"], ["dev checkpoint"]),
     ("dev", ["--pipeline", "two-stage", "--audio-path", "WAV"], ["--pipeline a2v"]),
+    # a2v keeps the given audio: audio guidance would be ignored
+    ("dev", ["--audio-path", "WAV", "--audio-stg-guidance-scale", "1"],
+     ["keeps the given audio", "--audio-stg-guidance-scale (audio_guidance['stg_scale'])"]),
+    ("dev", ["--audio-path", "WAV", "--audio-cfg-guidance-scale", "7", "--v2a-guidance-scale", "2"],
+     ["--audio-cfg-guidance-scale (audio_guidance['cfg_scale'])", "--v2a-guidance-scale"]),
 ]
 
 

@@ -2,6 +2,7 @@
 PyAV (frame count, size, frame rate, AAC stereo at the vocoder's rate lasting as long as the video); same seed,
 same frames; the Python API; and every bad input rejected with a one-line error before any model is built."""
 
+import os
 from fractions import Fraction
 
 import av
@@ -16,8 +17,13 @@ from ltx_mlx.cli.generate import main as generate
 from pipeline_fixtures import convert_folder, write_pipeline_checkpoints
 
 PROMPT = "a cat walks on the beach at sunset"
-SMALL = ["--height", "64", "--width", "64", "--num-frames", "9", "--num-inference-steps", "2",
-         "--video-stg-blocks", "1", "--audio-stg-blocks", "2", "--quiet"]
+SMALL_DISTILLED = ["--height", "64", "--width", "64", "--num-frames", "9", "--quiet"]
+SMALL = [*SMALL_DISTILLED, "--num-inference-steps", "2", "--video-stg-blocks", "1", "--audio-stg-blocks", "2"]
+
+
+def small(pipeline: str) -> list[str]:
+    """The small-run flags; the distilled pipeline refuses the steps and guidance flags it would ignore."""
+    return SMALL_DISTILLED if pipeline == "distilled" else SMALL
 
 
 def write_png(path, seed=0, size=(48, 80)):
@@ -77,7 +83,7 @@ def test_generate_writes_the_requested_mp4(models, model, pipeline, fps, extra, 
     out = models["tmp"] / f"{model}-{pipeline}.mp4"
     extra = [str(models["image"]) if a == "IMAGE" else a for a in extra]
     argv = ["--model", str(models[model]), "--pipeline", pipeline, "--prompt", PROMPT, "--frame-rate", fps,
-            "--output-path", str(out), "--seed", "3", *SMALL, *extra]
+            "--output-path", str(out), "--seed", "3", *small(pipeline), *extra]
     assert generate(argv) == 0, capsys.readouterr().err
     frames, rate, (codec, channels, sample_rate, samples, duration) = read_mp4(out)
     expected_rate = Fraction(float(fps)).limit_denominator(1001)
@@ -96,7 +102,7 @@ def test_same_seed_same_frames_other_seed_other_frames(models, capsys):
     for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
         out = models["tmp"] / f"seed-{name}.mp4"
         argv = ["--model", str(models["distilled"]), "--prompt", PROMPT, "--seed", seed, "--output-path", str(out),
-                "--no-audio", *SMALL]
+                "--no-audio", *SMALL_DISTILLED]
         assert generate(argv) == 0, capsys.readouterr().err
         runs[name], _, audio = read_mp4(out)
         assert audio is None  # --no-audio: no audio stream
@@ -200,13 +206,168 @@ def test_bad_input_is_one_clear_line_before_any_work(models, no_heavy_work, mode
     (tmp / "not-an-image.png").write_text("hello")
     subst = {"IMAGE": str(models["image"]), "MISSING": str(tmp / "missing.png"), "NOT_IMAGE": str(tmp / "not-an-image.png"),
              "NO_DIR/out.mp4": str(tmp / "no-such-dir" / "out.mp4"), "TMP": str(tmp)}
-    base = ["--model", str(models[model]), "--prompt", PROMPT, "--output-path", str(tmp / "bad.mp4"), *SMALL]
+    pipeline = args[args.index("--pipeline") + 1] if "--pipeline" in args else "distilled"
+    base = ["--model", str(models[model]), "--prompt", PROMPT, "--output-path", str(tmp / "bad.mp4"), *small(pipeline)]
     rc = generate(base + [subst.get(a, a) for a in args])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and err.startswith("generate.py: error: "), err
     for w in words:
         assert w in err, (w, err)
     assert "Traceback" not in err and not (tmp / "bad.mp4").exists()
+
+
+BAD_CHECKS = [  # (model, args, words): the checks of reliability issue 12, each a class with several members
+    # options the chosen pipeline would ignore
+    ("distilled", ["--num-inference-steps", "4"], ["would ignore", "--num-inference-steps (num_inference_steps)"]),
+    ("distilled", ["--video-cfg-guidance-scale", "3"], ["--video-cfg-guidance-scale (video_guidance['cfg_scale'])"]),
+    ("distilled", ["--audio-stg-blocks", "1"], ["--audio-stg-blocks (audio_guidance['stg_blocks'])"]),
+    ("distilled", ["--negative-prompt", "blurry"], ["--negative-prompt (negative_prompt)"]),
+    ("dev", ["--pipeline", "two-stage", "--audio-start-time", "1"], ["--audio-start-time", "a2v pipeline"]),
+    ("dev", ["--pipeline", "one-stage", "--audio-max-duration", "1"], ["--audio-max-duration", "a2v pipeline"]),
+    # degenerate clip durations, sizes beyond the up-front bound, non-positive sizes
+    ("distilled", ["--frame-rate", "1000"], ["9 frames at 1000 fps", "[0.015, 450)"]),
+    ("distilled", ["--frame-rate", "0.001"], ["9000 s", "600 s"]),
+    ("distilled", ["--num-frames", "1", "--frame-rate", "60"], ["1 frames at 60 fps", "[0.001667, 50)"]),
+    ("distilled", ["--height", "4096", "--width", "4096", "--num-frames", "257"], ["540,672 video tokens", "131,072"]),
+    ("distilled", ["--height", "-64"], ["height (--height) must be a positive multiple of 64"]),
+    ("dev", ["--pipeline", "one-stage", "--width", "0"], ["width (--width) must be a positive multiple of 32"]),
+    # an image too small for the H.264 round trip
+    ("distilled", ["--image", "TINY", "0", "1"], ["1x1", "CRF 33", "CRF 0"]),
+    ("distilled", ["--image", "TINY", "0", "1", "20"], ["CRF 20", "CRF 0"]),
+    # output extensions
+    ("distilled", ["--output-path", "TMP/out.mov"], ["does not end in .mp4"]),
+    ("distilled", ["--output-path", "TMP/out"], ["does not end in .mp4"]),
+    ("distilled", ["--output-path", "TMP/out.mp4.txt"], ["does not end in .mp4"]),
+]
+
+
+@pytest.mark.parametrize("model,args,words", BAD_CHECKS, ids=[" ".join(a) for _, a, _ in BAD_CHECKS])
+def test_checks_before_any_work(models, no_heavy_work, model, args, words, capsys):
+    tmp = models["tmp"]
+    if not (tmp / "tiny.png").exists():
+        write_png(tmp / "tiny.png", size=(1, 1))
+    subst = {"TINY": str(tmp / "tiny.png")}
+    pipeline = args[args.index("--pipeline") + 1] if "--pipeline" in args else "distilled"
+    out = [a.replace("TMP", str(tmp)) for a in args[args.index("--output-path"):][:2]] if "--output-path" in args \
+        else ["--output-path", str(tmp / "bad.mp4")]
+    args = [subst.get(a, a) for a in args if a not in out and not a.startswith("TMP")]
+    rc = generate(["--model", str(models[model]), "--prompt", PROMPT, *small(pipeline), *args, *out])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and err.startswith("generate.py: error: "), err
+    for w in words:
+        assert w in err, (w, err)
+    assert "Traceback" not in err and not any(p.name.startswith((".bad.mp4", "bad.mp4", "out")) for p in tmp.iterdir())
+
+
+NON_FINITE = [  # every number the command line takes: nan and inf are usage errors naming the flag
+    ["--frame-rate", "nan"], ["--frame-rate", "inf"], ["--video-cfg-guidance-scale", "nan"],
+    ["--audio-rescale-scale=-inf"], ["--a2v-guidance-scale", "nan"], ["--distilled-lora-strength-stage-2", "inf"],
+    ["--audio-start-time", "nan"], ["--audio-max-duration", "inf"], ["--start-time", "nan"], ["--end-time", "inf"],
+    ["--image", "x.png", "0", "nan"], ["--lora", "a.safetensors", "inf"], ["--seed", "1.5"],
+]
+
+
+@pytest.mark.parametrize("args", NON_FINITE, ids=[" ".join(a) for a in NON_FINITE])
+def test_non_finite_numbers_are_usage_errors(models, no_heavy_work, args, capsys):
+    out = models["tmp"] / "nonfinite.mp4"
+    with pytest.raises(SystemExit) as e:
+        generate(["--model", str(models["distilled"]), "--prompt", PROMPT, "--output-path", str(out), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("generate.py: error: argument " + args[0].split("=")[0]), err
+    assert ("finite" in err[-1] or "invalid int" in err[-1]) and not out.exists()
+
+
+def test_python_api_checks_before_any_work(models, no_heavy_work):
+    """Non-finite numbers, ignored options, type mistakes and degenerate values in the Python API: one
+    TypeError / ValueError naming the argument, before any model is built."""
+    pipe = ltx_mlx.load(models["distilled"])
+    dev = ltx_mlx.load(models["dev"])
+    image = str(models["image"])
+    out = models["tmp"] / "api-bad.mp4"
+    kw = dict(height=64, width=64, num_frames=9, progress=False, output_path=out)
+    cases = [
+        (pipe, dict(frame_rate=float("nan")), ValueError, "frame_rate (--frame-rate) must be a finite number"),
+        (pipe, dict(images=[(image, 0, float("inf"))]), ValueError, "strength (--image STRENGTH) must be a finite"),
+        (dev, dict(pipeline="one-stage", video_guidance={"cfg_scale": float("nan")}), ValueError,
+         "video_guidance['cfg_scale'] (--video-cfg-guidance-scale) must be a finite number"),
+        (dev, dict(pipeline="one-stage", audio_guidance={"rescale_scale": float("-inf")}), ValueError,
+         "audio_guidance['rescale_scale'] (--audio-rescale-scale)"),
+        (dev, dict(pipeline="two-stage", distilled_lora_strengths=(None, float("nan"))), ValueError,
+         "distilled_lora_strengths[1] (--distilled-lora-strength-stage-2) must be a finite"),
+        (dev, dict(pipeline="one-stage", seed=1.5), TypeError, "seed (--seed) must be an integer"),
+        (pipe, dict(num_inference_steps=4), ValueError, "would ignore --num-inference-steps"),
+        (pipe, dict(video_guidance={"stg_scale": 0.0}), ValueError, "video_guidance['stg_scale']"),
+        (pipe, dict(prompt=["a", "list"]), TypeError, "prompt (--prompt) must be a str"),
+        (pipe, dict(height="64"), TypeError, "height (--height) must be an integer"),
+        (pipe, dict(num_frames=9.0), TypeError, "num_frames (--num-frames) must be an integer"),
+        (pipe, dict(images=image), TypeError, "images (--image) must be a list of (path, frame_idx, strength"),
+        (pipe, dict(images=[image]), TypeError, "each of images (--image) is (path, frame_idx, strength"),
+        (pipe, dict(images=[(image, 0.5, 1.0)]), TypeError, "frame_idx (--image FRAME_IDX) must be an integer"),
+        (pipe, dict(video_guidance=[1]), TypeError, "video_guidance must be a dict"),
+        (dev, dict(pipeline="one-stage", video_guidance={"cfg": 3.0}), ValueError, "unknown keys ['cfg']"),
+        (pipe, dict(distilled_lora_strengths=0.5), TypeError, "distilled_lora_strengths must be a pair"),
+        (pipe, dict(output_path=3), TypeError, "output_path (--output-path) must be a str"),
+        (pipe, dict(output_path=models["tmp"] / "api-bad.avi"), ValueError, "does not end in .mp4"),
+        (pipe, dict(frame_rate=2000.0), ValueError, "the clip must last"),
+    ]
+    for bundle, args, error, words in cases:
+        if bundle is dev:  # this tiny transformer has 3 blocks: STG on block 0, not the version's default
+            for m in ("video", "audio"):
+                if isinstance(args.get(f"{m}_guidance", {}), dict):
+                    args[f"{m}_guidance"] = {"stg_blocks": [0], **args.get(f"{m}_guidance", {})}
+        args = {"prompt": PROMPT, **kw, **args}
+        with pytest.raises(error) as e:
+            bundle.generate(**args)
+        assert words in str(e.value), (args, str(e.value))
+    lora = [("a.safetensors", 1.0, 2)], "a.safetensors", [("a.safetensors", float("nan"))], [3], ("a.safetensors", 1)
+    for loras, error in zip(lora, (TypeError, TypeError, ValueError, TypeError, TypeError)):
+        with pytest.raises(error, match="lora|LoRA"):
+            ltx_mlx.load(models["distilled"], loras)
+    assert not out.exists()
+
+
+def test_result_save_refuses_other_extensions(tmp_path):
+    from ltx_mlx.pipelines.common import GenerationResult
+
+    result = GenerationResult(np.zeros((1, 32, 32, 3), np.uint8), None, None, 24.0)
+    for name in ("clip.mov", "clip.webm", "clip", "clip.MP4.gif"):
+        with pytest.raises(ValueError, match="does not end in .mp4"):
+            result.save(tmp_path / name)
+    assert os.listdir(tmp_path) == []
+    assert result.save(tmp_path / "clip.MP4") and os.listdir(tmp_path) == ["clip.MP4"]
+
+
+def test_a_second_run_to_the_same_path_is_refused_and_a_dead_runs_leftovers_cleaned(models, capsys):
+    import subprocess
+    import sys
+
+    from ltx_mlx.media import lock_path
+
+    tmp = models["tmp"]
+    out = tmp / "locked.mp4"
+    argv = ["--model", str(models["distilled"]), "--prompt", PROMPT, "--output-path", str(out), "--seed", "2",
+            *SMALL_DISTILLED]
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with open(lock_path(out), "w") as f:  # a live run holds the path
+            f.write(str(owner.pid))
+        assert generate(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"Another run (process {owner.pid}) is writing" in err[0] and not out.exists()
+    finally:
+        owner.kill()
+        owner.wait()
+    # The owner died (as if SIGKILLed) with its lock and a partial file left: the next run cleans both.
+    partial = tmp / f".locked.mp4.{owner.pid}-0123abcd.partial"
+    partial.write_bytes(b"half an mp4")
+    mine = tmp / f".locked.mp4.{os.getpid()}-89abcdef.partial"  # a live process's partial is kept
+    mine.write_bytes(b"in progress")
+    assert generate(argv) == 0, capsys.readouterr().err
+    frames, _, _ = read_mp4(out)
+    assert frames.shape == (9, 64, 64, 3)
+    assert not partial.exists() and not os.path.exists(lock_path(out)) and mine.exists()
+    mine.unlink()
+    assert sorted(p.name for p in tmp.iterdir() if "locked" in p.name) == ["locked.mp4"]
 
 
 def test_malformed_flags_are_usage_errors(models, capsys):
@@ -297,7 +458,7 @@ def test_pipeline_composition_follows_the_reference(models, case, monkeypatch, c
     log = _spy(monkeypatch)
     images = ["--image", str(models["image"]), "0", "1.0", "--image", str(models["image"]), "8", "0.9"]
     argv = ["--model", str(models[model]), "--pipeline", pipeline, "--prompt", PROMPT, "--frame-rate", "24",
-            "--output-path", str(models["tmp"] / f"composition-{case}.mp4"), *SMALL, *images]
+            "--output-path", str(models["tmp"] / f"composition-{case}.mp4"), *small(pipeline), *images]
     assert generate(argv) == 0, capsys.readouterr().err
     assert log["loads"] == loads
     assert log["schedules"] == schedules
@@ -333,7 +494,7 @@ def test_out_of_memory_is_one_line_and_no_file(models, monkeypatch, capsys):
 
     monkeypatch.setattr(Generation, "denoise", oom)
     out = models["tmp"] / "oom.mp4"
-    argv = ["--model", str(models["distilled"]), "--prompt", PROMPT, "--output-path", str(out), *SMALL]
+    argv = ["--model", str(models["distilled"]), "--prompt", PROMPT, "--output-path", str(out), *SMALL_DISTILLED]
     assert generate(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Unable to allocate" in err[0] and "smaller --height/--width" in err[0]

@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
+
+
+def finite_float(text: str) -> float:
+    """argparse `type=` for a number: nan and +-inf (which float() accepts) are usage errors."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 class PathAndStrength(argparse.Action):
@@ -13,9 +25,9 @@ class PathAndStrength(argparse.Action):
         if len(values) > 2:
             raise argparse.ArgumentError(self, f"takes PATH and an optional STRENGTH, got {len(values)} values")
         try:
-            item = (values[0], float(values[1]) if len(values) == 2 else 1.0)
-        except ValueError:
-            raise argparse.ArgumentError(self, f"STRENGTH must be a number, got {values[1]!r}") from None
+            item = (values[0], finite_float(values[1]) if len(values) == 2 else 1.0)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentError(self, f"STRENGTH must be a finite number, got {values[1]!r}") from None
         if self.dest == "distilled_lora":
             setattr(namespace, self.dest, item)
         else:

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from ..pipelines.params import PIPELINES
-from .args import PathAndStrength
+from .args import PathAndStrength, finite_float
 
 DEFAULT_MODEL = "Lightricks/LTX-2.3/ltx-2.3-22b-distilled-1.1.safetensors"
 DEFAULT_GEMMA = "google/gemma-3-12b-it-qat-q4_0-unquantized"
@@ -32,10 +32,11 @@ class ImageArg(argparse.Action):
         if len(values) not in (3, 4):
             raise argparse.ArgumentError(self, f"takes PATH FRAME_IDX STRENGTH [CRF], got {len(values)} values")
         try:
-            item = (values[0], int(values[1]), float(values[2]), *([int(values[3])] if len(values) == 4 else []))
-        except ValueError:
-            raise argparse.ArgumentError(self, f"FRAME_IDX and CRF must be integers and STRENGTH a number, got "
-                                         f"{' '.join(values[1:])!r}") from None
+            item = (values[0], int(values[1]), finite_float(values[2]),
+                    *([int(values[3])] if len(values) == 4 else []))
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentError(self, f"FRAME_IDX and CRF must be integers and STRENGTH a finite number, "
+                                         f"got {' '.join(values[1:])!r}") from None
         setattr(namespace, self.dest, (getattr(namespace, self.dest) or []) + [item])
 
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="default 1024 (two-stage), 512 (one-stage), 1088 (hq)")
     p.add_argument("--width", type=int, default=None, help="default 1536 (two-stage), 768 (one-stage), 1920 (hq)")
     p.add_argument("--num-frames", type=int, default=None, help="8k+1 frames (default 121)")
-    p.add_argument("--frame-rate", type=float, default=None, help="default 24")
+    p.add_argument("--frame-rate", type=finite_float, default=None, help="default 24")
     p.add_argument("--num-inference-steps", type=int, default=None,
                    help="guided stage-1 steps (default 30 for LTX-2.3, 40 for LTX-2, 15 for hq; distilled: fixed 8+3)")
     p.add_argument("--image", dest="images", nargs="+", action=ImageArg, default=[],
@@ -60,25 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("audio-to-video (--pipeline a2v)")
     a.add_argument("--audio-path", help="audio (or video) file whose sound the video is generated to; it is kept "
                    "as the mp4's soundtrack")
-    a.add_argument("--audio-start-time", type=float, default=0.0, help="seconds into the file to start (default 0)")
-    a.add_argument("--audio-max-duration", type=float, default=None,
+    a.add_argument("--audio-start-time", type=finite_float, default=None,
+                   help="seconds into the file to start (default 0)")
+    a.add_argument("--audio-max-duration", type=finite_float, default=None,
                    help="seconds of audio to use (default: the video's duration, num_frames / frame_rate)")
     r = p.add_argument_group("retake (--pipeline retake): the video's size, frames and frame rate are kept")
     r.add_argument("--video-path", help="video whose time range is regenerated (picture and sound)")
-    r.add_argument("--start-time", type=float, default=None, help="start of the range to regenerate, seconds")
-    r.add_argument("--end-time", type=float, default=None, help="end of the range to regenerate, seconds")
+    r.add_argument("--start-time", type=finite_float, default=None, help="start of the range to regenerate, seconds")
+    r.add_argument("--end-time", type=finite_float, default=None, help="end of the range to regenerate, seconds")
     p.add_argument("--lora", nargs="+", action=PathAndStrength, default=[], metavar=("PATH", "STRENGTH"),
                    help="LoRA fused into the transformer at load (repeatable)")
     g = p.add_argument_group("guidance (guided pipelines; defaults by model version)")
     for m, mod, other in (("video", "a2v", "audio"), ("audio", "v2a", "video")):
-        g.add_argument(f"--{m}-cfg-guidance-scale", type=float, help=f"{m} CFG scale against the negative prompt")
-        g.add_argument(f"--{m}-stg-guidance-scale", type=float, help=f"{m} STG scale (self-attention skipped)")
-        g.add_argument(f"--{m}-rescale-scale", type=float, help=f"{m} std rescale of the guided prediction (0: off)")
+        g.add_argument(f"--{m}-cfg-guidance-scale", type=finite_float,
+                       help=f"{m} CFG scale against the negative prompt")
+        g.add_argument(f"--{m}-stg-guidance-scale", type=finite_float, help=f"{m} STG scale (self-attention skipped)")
+        g.add_argument(f"--{m}-rescale-scale", type=finite_float,
+                       help=f"{m} std rescale of the guided prediction (0: off)")
         g.add_argument(f"--{m}-stg-blocks", type=int, nargs="*", help=f"transformer blocks {m} STG perturbs")
-        g.add_argument(f"--{mod}-guidance-scale", type=float, help=f"{m} modality scale (vs. no {other} attention)")
+        g.add_argument(f"--{mod}-guidance-scale", type=finite_float,
+                       help=f"{m} modality scale (vs. no {other} attention)")
         g.add_argument(f"--{m}-skip-step", type=int, help=f"guide {m} every N+1 steps only (0: every step)")
-    p.add_argument("--distilled-lora-strength-stage-1", type=float, help="hq (default 0.25)")
-    p.add_argument("--distilled-lora-strength-stage-2", type=float,
+    p.add_argument("--distilled-lora-strength-stage-1", type=finite_float, help="hq (default 0.25)")
+    p.add_argument("--distilled-lora-strength-stage-2", type=finite_float,
                    help="two-stage/keyframes/a2v (default: the strength given at conversion), hq (default 0.5)")
     c = p.add_argument_group("converting an official checkpoint (once, into the cache)")
     c.add_argument("--gemma-root", help=f"Gemma-3 folder or hub id (default for the default model: {DEFAULT_GEMMA})")
@@ -115,6 +120,7 @@ def _load(args):
 
 
 def run(args) -> int:
+    from ..media import output_lock
     from ..pipelines.settings import check_request
 
     # Cheap checks first: sizes, frames, images, output path — before downloading or loading anything.
@@ -122,9 +128,22 @@ def run(args) -> int:
                   frame_rate=args.frame_rate, images=args.images, output_path=args.output_path, prompt=args.prompt,
                   audio_path=args.audio_path, audio_start_time=args.audio_start_time,
                   audio_max_duration=args.audio_max_duration, video_path=args.video_path,
-                  start_time=args.start_time, end_time=args.end_time)
+                  start_time=args.start_time, end_time=args.end_time, negative_prompt=args.negative_prompt,
+                  num_inference_steps=args.num_inference_steps, video_guidance=_guidance(args, "video", "a2v"),
+                  audio_guidance=_guidance(args, "audio", "v2a"),
+                  distilled_lora_strengths=(args.distilled_lora_strength_stage_1, args.distilled_lora_strength_stage_2))
+    with output_lock(args.output_path):  # a second run to this path is refused now, not after loading
+        result = _generate(args)
+    if args.verbose:
+        total = sum(result.timings.values())
+        print(f"total {total:.1f} s; peak memory {max(result.peak_memory.values()) / 1e9:.2f} GB", file=sys.stderr)
+    print(f"wrote {args.output_path}")
+    return 0
+
+
+def _generate(args):
     pipe = _load(args)
-    result = pipe.generate(
+    return pipe.generate(
         args.prompt, pipeline=args.pipeline, negative_prompt=args.negative_prompt, seed=args.seed,
         height=args.height, width=args.width, num_frames=args.num_frames, frame_rate=args.frame_rate,
         num_inference_steps=args.num_inference_steps, images=args.images,
@@ -134,12 +153,8 @@ def run(args) -> int:
         output_path=args.output_path, keep_frames=False, audio_path=args.audio_path,
         audio_start_time=args.audio_start_time, audio_max_duration=args.audio_max_duration,
         video_path=args.video_path, start_time=args.start_time, end_time=args.end_time,
-        distilled={"auto": None, "distilled": True, "dev": False}[args.checkpoint_kind], progress=not args.quiet, verbose=args.verbose)
-    if args.verbose:
-        total = sum(result.timings.values())
-        print(f"total {total:.1f} s; peak memory {max(result.peak_memory.values()) / 1e9:.2f} GB", file=sys.stderr)
-    print(f"wrote {args.output_path}")
-    return 0
+        distilled={"auto": None, "distilled": True, "dev": False}[args.checkpoint_kind], progress=not args.quiet,
+        verbose=args.verbose)
 
 
 def main(argv=None) -> int:

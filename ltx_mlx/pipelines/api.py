@@ -12,6 +12,7 @@ import os
 from typing import Iterable, Sequence
 
 from ..weights.load import LTXModelBundle, LoRASpec, cached_conversion
+from ..weights.lora import LoRA
 from ..weights.load import load as load_bundle
 from ..weights.convert import ConvertOptions
 from ..diffusion import MultiModalGuiderParams
@@ -20,7 +21,7 @@ from ..models.vae_tiling import TilingConfig
 from . import distilled as distilled_pipeline
 from . import a2v, hq, keyframes, one_stage, retake, two_stage
 from .common import Generation, GenerationResult
-from .settings import check_model, pipeline_spec, resolve_settings
+from .settings import check_model, finite, pipeline_spec, resolve_settings
 
 RUNNERS = {"one-stage": one_stage.run, "two-stage": two_stage.run, "hq": hq.run, "keyframes": keyframes.run,
            "a2v": a2v.run}
@@ -39,7 +40,7 @@ class Pipeline(LTXModelBundle):
                  tiling: TilingConfig | None | str = "default",
                  distilled_lora_strengths: tuple[float | None, float | None] = (None, None),
                  noise: Sequence[dict | None] | None = None, output_path=None, keep_frames: bool = True,
-                 distilled: bool | None = None, audio_path=None, audio_start_time: float = 0.0,
+                 distilled: bool | None = None, audio_path=None, audio_start_time: float | None = None,
                  audio_max_duration: float | None = None, video_path=None, start_time: float | None = None,
                  end_time: float | None = None, progress: bool = True,
                  verbose: bool = False) -> GenerationResult:
@@ -79,13 +80,37 @@ class Pipeline(LTXModelBundle):
             self.free()
 
 
+def check_lora_specs(loras) -> list:
+    """`loras`: a list of LoRA objects, paths / repo ids or (path, strength) pairs with a finite strength."""
+    pair = isinstance(loras, tuple) and len(loras) == 2 and isinstance(loras[0], (str, os.PathLike)) \
+        and not isinstance(loras[1], (str, os.PathLike, tuple, LoRA))
+    if isinstance(loras, (str, bytes, os.PathLike)) or pair or not isinstance(loras, Iterable):
+        raise TypeError(f"loras (--lora) must be a list of paths or (path, strength) pairs, got {loras!r:.80}")
+    out = list(loras)
+    for spec in out:
+        if isinstance(spec, (LoRA, str, os.PathLike)):
+            continue
+        if not isinstance(spec, tuple) or len(spec) != 2 or not isinstance(spec[0], (str, os.PathLike)):
+            raise TypeError(f"each of loras (--lora PATH [STRENGTH]) is a path or a (path, strength) tuple, got "
+                            f"{spec!r:.80}")
+        finite(f"the strength of LoRA {os.fspath(spec[0])!r}", spec[1], "--lora PATH STRENGTH")
+    return out
+
+
 def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gemma_root: str | None = None,
          spatial_upsamplers: Iterable[str] = (), temporal_upsamplers: Iterable[str] = (),
          distilled_lora: tuple[str, float] | None = None, dtype: str = "bfloat16", quantize: dict | None = None,
          progress: bool = True) -> Pipeline:
     """`ltx_mlx.load` (see `ltx_mlx.weights.load.load`) returning a Pipeline; `distilled_lora` (path, strength) is
     stored with an official checkpoint's conversion for the two-stage pipelines."""
+    if not isinstance(path_or_repo, (str, os.PathLike)):
+        raise TypeError(f"path_or_repo (--model) must be a str or os.PathLike, got {path_or_repo!r:.80}")
+    loras = check_lora_specs(loras)
     if distilled_lora is not None:
+        if not isinstance(distilled_lora, tuple) or len(distilled_lora) != 2:
+            raise TypeError(f"distilled_lora (--distilled-lora) must be a (path, strength) tuple, got "
+                            f"{distilled_lora!r:.80}")
+        finite("the distilled LoRA strength", distilled_lora[1], "--distilled-lora PATH STRENGTH")
         path = resolve_path(os.fspath(path_or_repo))
         if not path.endswith(".safetensors"):
             raise ValueError(f"{path} is not an official .safetensors checkpoint: the distilled LoRA is stored at "

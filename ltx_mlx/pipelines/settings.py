@@ -4,6 +4,7 @@ heavy work (every check here reads at most the converted model's config.json and
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Sequence
@@ -20,6 +21,32 @@ from .params import DEFAULT_NEGATIVE_PROMPT, HQ_DISTILLED_LORA_STRENGTHS, PIPELI
 
 FRAMES_PER_LATENT = 8
 SPATIAL_X2 = "spatial_upsampler_x2"  # the converted folder's name for the x2 spatial upsampler
+# Up-front bounds (until a memory model decides what fits a given machine): the video tokens of the full-size
+# stage, (F-1)/8+1 x H/32 x W/32 (4K at 121 frames is 130,560), and the clip's duration (the audio latents,
+# 25 a second, must be at least one and the audio at most ten minutes).
+MAX_VIDEO_TOKENS = 131_072
+MAX_SECONDS = 600.0
+AUDIO_LATENTS_PER_SECOND = 25.0
+
+
+def _where(name: str, flag: str | None) -> str:
+    return f"{name} ({flag})" if flag else name
+
+
+def finite(name: str, value, flag: str | None = None) -> float:
+    """`value` as a float if it is a real number other than nan and +-inf, else an error naming the argument
+    by its Python `name` and its command-line `flag`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{_where(name, flag)} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{_where(name, flag)} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def integer(name: str, value, flag: str | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{_where(name, flag)} must be an integer, got {value!r}")
+    return int(value)
 
 
 def pipeline_spec(name: str) -> PipelineSpec:
@@ -29,7 +56,8 @@ def pipeline_spec(name: str) -> PipelineSpec:
 
 
 def check_num_frames(num_frames: int):
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+    integer("num_frames", num_frames, "--num-frames")
+    if num_frames < 1:
         raise ValueError(f"num_frames must be a positive integer of the form 8k+1 (1, 9, 17, ..., 121), "
                          f"got {num_frames!r}")
     if (num_frames - 1) % FRAMES_PER_LATENT:
@@ -42,10 +70,29 @@ def check_size(height: int, width: int, spec: PipelineSpec):
     m = spec.size_multiple
     why = "it runs stage 1 at half size" if spec.two_stage else "the VAE works on 32-pixel blocks"
     for name, v in (("height", height), ("width", width)):
-        if not isinstance(v, int) or v <= 0 or v % m:
-            near = max(m, round(v / m) * m) if isinstance(v, (int, float)) and v > 0 else m
+        integer(name, v, f"--{name}")
+        if v <= 0:
+            raise ValueError(f"{name} (--{name}) must be a positive multiple of {m}, got {v}")
+        if v % m:
+            near = max(m, round(v / m) * m)
             raise ValueError(f"{name} {v!r} is not a multiple of {m}, which the {spec.name} pipeline needs "
                              f"({why}); use e.g. {near}")
+
+
+def check_budget(height: int, width: int, num_frames: int, frame_rate: float):
+    """The up-front bounds: at most MAX_VIDEO_TOKENS video tokens, and between one audio latent and
+    MAX_SECONDS of clip."""
+    tokens = ((num_frames - 1) // FRAMES_PER_LATENT + 1) * (height // 32) * (width // 32)
+    if tokens > MAX_VIDEO_TOKENS:
+        raise ValueError(f"{width}x{height} with {num_frames} frames is {tokens:,} video tokens, more than the "
+                         f"{MAX_VIDEO_TOKENS:,} this port accepts (e.g. 3840x2176 with 121 frames); use a smaller "
+                         "--height/--width or fewer --num-frames")
+    seconds = num_frames / frame_rate
+    if round(seconds * AUDIO_LATENTS_PER_SECOND) < 1 or seconds > MAX_SECONDS:
+        low, high = num_frames / MAX_SECONDS, 2 * AUDIO_LATENTS_PER_SECOND * num_frames
+        raise ValueError(f"{num_frames} frames at {frame_rate:g} fps last {seconds:.4g} s; the clip must last "
+                         f"from 1/{2 * AUDIO_LATENTS_PER_SECOND:g} s (one audio latent) to {MAX_SECONDS:g} s, so "
+                         f"give a --frame-rate in [{low:.4g}, {high:g}) for {num_frames} frames")
 
 
 class ImageConditioningInput(NamedTuple):
@@ -59,23 +106,23 @@ class ImageConditioningInput(NamedTuple):
 
 def as_image_inputs(images: Sequence) -> tuple[ImageConditioningInput, ...]:
     """(path, frame_idx, strength[, crf]) tuples or ImageConditioningInput → checked-type inputs."""
+    if images is None:
+        return ()
+    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+        raise TypeError(f"images (--image) must be a list of (path, frame_idx, strength[, crf]) tuples, got "
+                        f"{images!r:.80}")
     out = []
-    for item in images or ():
-        if isinstance(item, ImageConditioningInput):
-            out.append(item)
-            continue
+    for item in images:
         if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
-            raise ValueError(f"an image conditioning is (path, frame_idx, strength[, crf]), got {item!r}")
+            raise TypeError(f"each of images (--image) is (path, frame_idx, strength[, crf]), got {item!r:.80}")
         path, frame, strength, *crf = item
-        try:
-            frame_i, strength_f = int(frame), float(strength)
-            crf_v = int(crf[0]) if crf else DEFAULT_IMAGE_CRF
-        except (TypeError, ValueError):
-            raise ValueError(f"image {path!r}: FRAME_IDX and CRF must be integers and STRENGTH a number, got "
-                             f"{item[1:]!r}") from None
-        if frame_i != float(frame):
-            raise ValueError(f"image {path!r}: the frame index must be an integer, got {frame!r}")
-        out.append(ImageConditioningInput(os.fspath(path), frame_i, strength_f, crf_v))
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"an image path (--image PATH) must be a str or os.PathLike, got {path!r:.80}")
+        name = f"image {os.fspath(path)!r}"
+        out.append(ImageConditioningInput(
+            os.fspath(path), integer(f"{name}: frame_idx", frame, "--image FRAME_IDX"),
+            finite(f"{name}: strength", strength, "--image STRENGTH"),
+            integer(f"{name}: crf", crf[0], "--image CRF") if crf else DEFAULT_IMAGE_CRF))
     return tuple(out)
 
 
@@ -89,7 +136,11 @@ def check_images(images: Sequence[ImageConditioningInput], num_frames: int, spec
         if not 0 <= img.crf <= 51:
             raise ValueError(f"image {img.path!r}: CRF {img.crf} is outside libx264's 0..51 (0 = no loss, "
                              f"default {DEFAULT_IMAGE_CRF})")
-        decode_image(img.path)  # unreadable or not an image: fail now, not after text encoding
+        image = decode_image(img.path)  # unreadable or not an image: fail now, not after text encoding
+        if img.crf > 0 and min(image.shape[:2]) < 2:
+            raise ValueError(f"image {img.path!r} is {image.shape[1]}x{image.shape[0]}: too small for the H.264 "
+                             f"round trip at CRF {img.crf} (it needs 2x2 or more); give CRF 0 (--image PATH "
+                             "FRAME_IDX STRENGTH 0) or a larger image")
     if spec.name == "keyframes" and not images:
         raise ValueError("the keyframes pipeline interpolates between images: give at least one --image PATH "
                          "FRAME_IDX STRENGTH")
@@ -104,9 +155,9 @@ class AudioInput:
     max_duration: float | None = None
 
 
-def _seconds(name: str, value, allow_zero: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
+def _seconds(name: str, value, allow_zero: bool, flag: str | None = None) -> float:
+    value = finite(name, value, flag)
+    if value < 0 or (value == 0 and not allow_zero):
         need = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a number of seconds {need}, got {value!r}")
     return float(value)
@@ -146,8 +197,10 @@ def check_audio_input(pipeline: str, audio_path, start_time, max_duration, secon
     if audio_path is None:
         raise ValueError("the a2v pipeline generates a video to an audio track: give it with --audio-path FILE")
     check_readable(audio_path, "audio file")
-    start = _seconds("the audio start time", 0.0 if start_time is None else start_time, allow_zero=True)
-    duration = None if max_duration is None else _seconds("the audio max duration", max_duration, allow_zero=False)
+    start = _seconds("the audio start time", 0.0 if start_time is None else start_time, allow_zero=True,
+                     flag="audio_start_time, --audio-start-time")
+    duration = None if max_duration is None else _seconds(
+        "the audio max duration", max_duration, allow_zero=False, flag="audio_max_duration, --audio-max-duration")
     if duration is not None and duration < seconds - 1e-3:
         raise ValueError(f"the audio max duration {duration} s is shorter than the video ({seconds:.3f} s); "
                          "raise --audio-max-duration or leave it out (default: the video's duration)")
@@ -204,8 +257,8 @@ def check_retake_input(pipeline: str, video_path, start_time, end_time, sizes: d
         what = ", ".join(f"--{k.replace('_', '-')}" for k in given) or "--image"
         raise ValueError(f"retake keeps the source video's size, frames and frame rate and takes no images; leave "
                          f"out {what}")
-    start = _seconds("the start time", start_time, allow_zero=True)
-    end = _seconds("the end time", end_time, allow_zero=False)
+    start = _seconds("the start time", start_time, allow_zero=True, flag="start_time, --start-time")
+    end = _seconds("the end time", end_time, allow_zero=False, flag="end_time, --end-time")
     fps, frames, height, width = read_video_metadata(video_path)
     if fps <= 0 or frames < 1:
         raise ValueError(f"{os.fspath(video_path)!r} has no frames or no frame rate; give a decodable video")
@@ -223,17 +276,89 @@ def check_retake_input(pipeline: str, video_path, start_time, end_time, sizes: d
     return RetakeInput(os.fspath(video_path), start, end, height, width, frames, fps)
 
 
+GUIDANCE_FLAGS = {"cfg_scale": "--{m}-cfg-guidance-scale", "stg_scale": "--{m}-stg-guidance-scale",
+                  "rescale_scale": "--{m}-rescale-scale", "stg_blocks": "--{m}-stg-blocks",
+                  "modality_scale": "--{mod}-guidance-scale", "skip_step": "--{m}-skip-step"}
+
+
+def guidance_flag(modality: str, key: str) -> str:
+    return GUIDANCE_FLAGS[key].format(m=modality, mod="a2v" if modality == "video" else "v2a")
+
+
+def _given_guidance(modality: str, params, overrides) -> dict:
+    """The guidance fields a caller set: `{modality}_guidance` overrides that are not None (the CLI passes
+    every flag, None when not given); a whole `{modality}_guider_params` counts as all of them."""
+    if overrides is not None and not isinstance(overrides, dict):
+        raise TypeError(f"{modality}_guidance must be a dict of MultiModalGuiderParams fields, got {overrides!r:.80}")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(GUIDANCE_FLAGS))
+    if unknown:
+        raise ValueError(f"{modality}_guidance has unknown keys {unknown}; use {', '.join(GUIDANCE_FLAGS)}")
+    if params is not None:
+        given = {**{k: getattr(params, k, None) for k in GUIDANCE_FLAGS}, **given}
+    return given
+
+
+def check_used(spec: PipelineSpec, *, negative_prompt=None, num_inference_steps=None, video_guidance=None,
+               audio_guidance=None, video_guider_params=None, audio_guider_params=None,
+               distilled_lora_strengths=(None, None), audio_start_time=None, audio_max_duration=None):
+    """An option the chosen pipeline would ignore is an error, not a run that quietly differs from the request."""
+    if (not isinstance(distilled_lora_strengths, (tuple, list)) or len(distilled_lora_strengths) != 2):
+        raise TypeError("distilled_lora_strengths must be a pair (stage 1, stage 2) of numbers or None, got "
+                        f"{distilled_lora_strengths!r:.80}")
+    for i, v in enumerate(distilled_lora_strengths, 1):
+        if v is not None:
+            finite(f"distilled_lora_strengths[{i - 1}]", v, f"--distilled-lora-strength-stage-{i}")
+    video = _given_guidance("video", video_guider_params, video_guidance)
+    audio = _given_guidance("audio", audio_guider_params, audio_guidance)
+    ignored = []  # (flag, Python name)
+    if not spec.guided:
+        ignored += [(f, n) for f, n, v in (("--negative-prompt", "negative_prompt", negative_prompt),
+                                           ("--num-inference-steps", "num_inference_steps", num_inference_steps))
+                    if v is not None]
+        ignored += [(guidance_flag(m, k), f"{m}_guidance[{k!r}]") for m, g in (("video", video), ("audio", audio))
+                    for k in g]
+    if ignored:
+        flags = ", ".join(f"{f} ({n})" for f, n in ignored)
+        raise ValueError(f"the distilled pipeline runs fixed, unguided steps (8 + 3) and would ignore {flags}; "
+                         "drop them, or use a guided pipeline (one-stage, two-stage, hq) with a dev checkpoint")
+    if spec.name == "a2v" and audio:
+        flags = ", ".join(f"{guidance_flag('audio', k)} (audio_guidance[{k!r}])" for k in audio)
+        raise ValueError(f"the a2v pipeline keeps the given audio (its guider stays at the defaults) and would "
+                         f"ignore {flags}; drop them")
+    if spec.name != "a2v" and (audio_start_time is not None or audio_max_duration is not None):
+        raise ValueError(f"--audio-start-time / --audio-max-duration (audio_start_time, audio_max_duration) are for "
+                         f"the a2v pipeline, not {spec.name}; drop them or add --pipeline a2v --audio-path FILE")
+    if spec.name != "hq" and distilled_lora_strengths[0] is not None:
+        raise ValueError("--distilled-lora-strength-stage-1 applies to the hq pipeline only (the others run stage 1 "
+                         "without the distilled LoRA); drop it or use --pipeline hq")
+    if spec.name == "distilled" and distilled_lora_strengths[1] is not None:
+        raise ValueError("the distilled pipeline uses the distilled LoRA strength stored at conversion; "
+                         "--distilled-lora-strength-stage-2 applies to two-stage, keyframes, a2v and hq")
+
+
 def check_request(pipeline: str, *, height: int | None = None, width: int | None = None,
                   num_frames: int | None = None, frame_rate: float | None = None, images: Sequence = (),
                   output_path=None, prompt: str | None = None, audio_path=None, audio_start_time=None,
-                  audio_max_duration=None, video_path=None, start_time=None,
-                  end_time=None) -> tuple[ImageConditioningInput, ...]:
-    """The model-independent checks (sizes, frames, images, output path, the a2v audio, the retake video);
-    returns the parsed images."""
+                  audio_max_duration=None, video_path=None, start_time=None, end_time=None,
+                  **options) -> tuple[ImageConditioningInput, ...]:
+    """The model-independent checks (types and finite numbers, options the pipeline would ignore, sizes, frames,
+    the size and duration bounds, images, output path, the a2v audio, the retake video); returns the parsed
+    images. `options`: the `check_used` ones."""
+    if not isinstance(pipeline, str):
+        raise TypeError(f"pipeline (--pipeline) must be a str, one of {', '.join(PIPELINES)}; got {pipeline!r:.80}")
     spec = pipeline_spec(pipeline)
     defaults = detect_params(None, pipeline)
-    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+    if prompt is not None and not isinstance(prompt, str):
+        raise TypeError(f"prompt (--prompt) must be a str, got {type(prompt).__name__}")
+    if prompt is not None and not prompt.strip():
         raise ValueError('the prompt is empty: describe the video to generate (e.g. --prompt "a cat on a beach")')
+    negative = options.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise TypeError(f"negative_prompt (--negative-prompt) must be a str, got {type(negative).__name__}")
+    if output_path is not None and not isinstance(output_path, (str, os.PathLike)):
+        raise TypeError(f"output_path (--output-path) must be a str or os.PathLike, got {output_path!r:.80}")
+    check_used(spec, audio_start_time=audio_start_time, audio_max_duration=audio_max_duration, **options)
     sizes = dict(height=height, width=width, num_frames=num_frames, frame_rate=frame_rate)
     retake = check_retake_input(pipeline, video_path, start_time, end_time, sizes, images)
     if retake is not None:
@@ -243,14 +368,15 @@ def check_request(pipeline: str, *, height: int | None = None, width: int | None
     h = (defaults.stage_2_height if spec.two_stage else defaults.stage_1_height) if height is None else height
     w = (defaults.stage_2_width if spec.two_stage else defaults.stage_1_width) if width is None else width
     check_size(h, w, spec)
-    if frame_rate is not None and (not isinstance(frame_rate, (int, float)) or not math.isfinite(frame_rate)
-                                   or frame_rate <= 0):
-        raise ValueError(f"frame_rate must be a positive number of frames per second, got {frame_rate!r}")
+    if frame_rate is not None and finite("frame_rate", frame_rate, "--frame-rate") <= 0:
+        raise ValueError(f"frame_rate (--frame-rate) must be a positive number of frames per second, got "
+                         f"{frame_rate!r}")
+    fps = defaults.frame_rate if frame_rate is None else frame_rate
+    check_budget(h, w, frames, fps)
     parsed = as_image_inputs(images)
     check_images(parsed, frames, spec)
     if output_path is not None:
         check_output_path(output_path)
-    fps = defaults.frame_rate if frame_rate is None else frame_rate
     check_audio_input(pipeline, audio_path, audio_start_time, audio_max_duration, frames / fps)
     return parsed
 
@@ -278,11 +404,22 @@ class Settings:
     retake: RetakeInput | None = None
 
 
-def _guider(base: MultiModalGuiderParams, given, overrides: dict) -> MultiModalGuiderParams:
+def _guider(modality: str, base: MultiModalGuiderParams, given, overrides: dict) -> MultiModalGuiderParams:
+    """The defaults (or `given`) with the overrides, every number checked finite."""
     p = given if given is not None else base
     if not isinstance(p, MultiModalGuiderParams):
-        raise ValueError(f"guider params must be MultiModalGuiderParams, got {type(p).__name__}")
-    return replace(p, **{k: v for k, v in overrides.items() if v is not None})
+        raise TypeError(f"{modality}_guider_params must be MultiModalGuiderParams, got {type(p).__name__}")
+    p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
+    for key in ("cfg_scale", "stg_scale", "rescale_scale", "modality_scale"):
+        finite(f"{modality}_guidance[{key!r}]", getattr(p, key), guidance_flag(modality, key))
+    integer(f"{modality}_guidance['skip_step']", p.skip_step, guidance_flag(modality, "skip_step"))
+    blocks = p.stg_blocks or []
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence):
+        raise TypeError(f"{modality}_guidance['stg_blocks'] ({guidance_flag(modality, 'stg_blocks')}) must be a "
+                        f"list of block indices, got {blocks!r:.80}")
+    for b in blocks:
+        integer(f"{modality}_guidance['stg_blocks']", b, guidance_flag(modality, "stg_blocks"))
+    return p
 
 
 def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, *, prompt: str,
@@ -302,16 +439,20 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
     parsed = check_request(pipeline, height=height, width=width, num_frames=num_frames, frame_rate=frame_rate,
                            images=images, output_path=output_path, prompt=prompt, audio_path=audio_path,
                            audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
-                           video_path=video_path, start_time=start_time, end_time=end_time)
+                           video_path=video_path, start_time=start_time, end_time=end_time,
+                           negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+                           video_guidance=video_guidance, audio_guidance=audio_guidance,
+                           video_guider_params=video_guider_params, audio_guider_params=audio_guider_params,
+                           distilled_lora_strengths=distilled_lora_strengths)
     retake = check_retake_input(pipeline, video_path, start_time, end_time, {}, ())
     if retake is not None:
         height, width, num_frames, frame_rate = retake.height, retake.width, retake.num_frames, retake.frame_rate
     d = detect_params(model_version, pipeline)
     steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    if integer("num_inference_steps", steps, "--num-inference-steps") < 1:
         raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
-    vg = _guider(d.video_guider_params, video_guider_params, video_guidance or {})
-    ag = _guider(d.audio_guider_params, audio_guider_params, audio_guidance or {})
+    vg = _guider("video", d.video_guider_params, video_guider_params, video_guidance or {})
+    ag = _guider("audio", d.audio_guider_params, audio_guider_params, audio_guidance or {})
     if spec.name == "a2v":  # the audio is given, not denoised: its guider stays at the defaults, as the reference
         ag = MultiModalGuiderParams()
     given = {"video": (video_guider_params, video_guidance), "audio": (audio_guider_params, audio_guidance)}
@@ -326,18 +467,11 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
                 f"(Python: {name}_guidance={{'stg_blocks': [...]}}) or turn {name} STG off with "
                 f"--{name}-stg-guidance-scale 0 ({name}_guidance={{'stg_scale': 0}})")
         if g.skip_step < 0:
-            raise ValueError(f"{name} skip_step must be >= 0, got {g.skip_step}")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    for s in distilled_lora_strengths:
-        if s is not None and not isinstance(s, (int, float)):
-            raise ValueError(f"distilled LoRA strengths must be numbers, got {s!r}")
-    if spec.name != "hq" and distilled_lora_strengths[0] is not None:
-        raise ValueError("--distilled-lora-strength-stage-1 applies to the hq pipeline only (the others run stage 1 "
-                         "without the distilled LoRA); drop it or use --pipeline hq")
-    if spec.name == "distilled" and distilled_lora_strengths[1] is not None:
-        raise ValueError("the distilled pipeline uses the distilled LoRA strength stored at conversion; "
-                         "--distilled-lora-strength-stage-2 applies to two-stage, keyframes, a2v and hq")
+            raise ValueError(f"{name} skip_step ({guidance_flag(name, 'skip_step')}) must be >= 0, got {g.skip_step}")
+    if seed is not None:
+        integer("seed", seed, "--seed")
+    if tiling != "default" and tiling is not None and not isinstance(tiling, TilingConfig):
+        raise TypeError(f"tiling must be a TilingConfig, None or 'default', got {tiling!r:.80}")
     if spec.name == "hq":
         distilled_lora_strengths = tuple(HQ_DISTILLED_LORA_STRENGTHS[i] if s is None else float(s)
                                          for i, s in enumerate(distilled_lora_strengths))
