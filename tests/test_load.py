@@ -155,3 +155,14 @@ def test_every_documented_accessor_builds_its_part(official, cache):
         model.distilled_lora()
     model.free()
     assert model._loaded == {}
+
+
+@pytest.mark.parametrize("option", [{"gemma_root": "g"}, {"dtype": "float32"}, {"quantize": 8},
+                                    {"spatial_upsamplers": ["u.safetensors"]}, {"temporal_upsamplers": ["t"]}])
+def test_conversion_options_with_a_converted_folder_are_refused(official, cache, option):
+    ckpt, gemma, config = official
+    folder = ltx_mlx.load(ckpt, gemma_root=gemma, dtype="float32", progress=False).folder
+    (name,) = option
+    with pytest.raises(ValueError, match=rf"\({name}\) only apply when converting .* already converted"):
+        ltx_mlx.load(folder, **option)
+    assert ltx_mlx.load(folder).folder == folder

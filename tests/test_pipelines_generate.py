@@ -238,6 +238,12 @@ BAD_CHECKS = [  # (model, args, words): the checks of reliability issue 12, each
     ("distilled", ["--output-path", "TMP/out.mov"], ["does not end in .mp4"]),
     ("distilled", ["--output-path", "TMP/out"], ["does not end in .mp4"]),
     ("distilled", ["--output-path", "TMP/out.mp4.txt"], ["does not end in .mp4"]),
+    # conversion options with a model that is already converted
+    ("distilled", ["--gemma-root", "TINY"], ["--gemma-root (gemma_root)", "already converted"]),
+    ("distilled", ["--dtype", "float32"], ["--dtype (dtype)", "already converted"]),
+    ("distilled", ["--spatial-upsampler-path", "TINY", "--dtype", "float16"],
+     ["--spatial-upsampler-path (spatial_upsamplers), --dtype (dtype)", "official .safetensors"]),
+    ("dev", ["--pipeline", "one-stage", "--distilled-lora", "TINY"], ["not an official .safetensors", "--distilled-lora"]),
 ]
 
 

@@ -162,7 +162,7 @@ def test_generate_retake_keeps_the_source_format(retake_models, model, source, c
     out = retake_models["tmp"] / f"retake-{model}-{source}.mp4"
     argv = ["--model", str(retake_models[model]), "--pipeline", "retake", "--prompt", PROMPT, "--video-path",
             str(retake_models[source]), "--start-time", "0.1", "--end-time", "0.25", "--output-path", str(out),
-            "--seed", "3", *SMALL]
+            "--seed", "3", *(SMALL if model == "dev" else ["--quiet"])]  # distilled: unguided, no step/STG flags
     assert generate(argv) == 0, capsys.readouterr().err
     frames, rate, codec, sample_rate = read_mp4(out)
     expected = (9, 64, 96, 3) if source == "source" else (9, 64, 64, 3)
@@ -223,12 +223,19 @@ def test_python_api_guided_with_dev_distilled_schedule_with_distilled(retake_mod
         return real(self, name, stage, loop, sigmas, *args, **kwargs)
 
     monkeypatch.setattr(common.Generation, "denoise", denoise)
-    kw = dict(pipeline="retake", video_path=retake_models["source"], start_time=0.0, end_time=0.2,
-              num_inference_steps=2, video_guidance={"stg_blocks": [0]}, audio_guidance={"stg_blocks": [0]},
-              seed=1, progress=False)
+    kw = dict(pipeline="retake", video_path=retake_models["source"], start_time=0.0, end_time=0.2, seed=1,
+              progress=False)
+    guided = dict(num_inference_steps=2, video_guidance={"stg_blocks": [0]}, audio_guidance={"stg_blocks": [0]})
     for model in ("dev", "distilled"):
         pipe = ltx_mlx.load(retake_models[model])
-        result = pipe.generate(PROMPT, **kw)
+        if model == "distilled":  # unguided: the step and guidance options would be ignored, so they are refused
+            for name, value in guided.items():
+                with pytest.raises(ValueError, match=f"retake on a distilled checkpoint .* would ignore .*{name}"):
+                    pipe.generate(PROMPT, **kw, **{name: value})
+            with pytest.raises(ValueError, match="negative_prompt"):
+                pipe.generate(PROMPT, **kw, negative_prompt="blurry")
+            assert not steps[1:]  # refused before any denoising
+        result = pipe.generate(PROMPT, **kw, **(guided if model == "dev" else {}))
         assert result.frames.shape == (9, 64, 96, 3) and result.frame_rate == 25.0
         assert result.audio.shape == (2, round(9 / 25 * result.sample_rate))
         assert {"video encoding", "audio encoding", "text", "retake", "video decode"} <= set(result.timings)

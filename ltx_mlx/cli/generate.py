@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--distilled-lora", nargs="+", action=PathAndStrength, metavar=("PATH", "STRENGTH"),
                    help="distilled LoRA stored with the conversion of a dev checkpoint: two-stage, hq, keyframes and "
                    "a2v need it for stage 2, and distilled runs a dev checkpoint with it")
-    c.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    c.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                   help="weights dtype of the conversion (default: bfloat16)")
     p.add_argument("--checkpoint-kind", choices=("auto", "distilled", "dev"), default="auto",
                    help="whether the model is a distilled or dev checkpoint (auto: from the official file name)")
     p.add_argument("--no-audio", action="store_true", help="skip audio decoding (video-only mp4)")

@@ -14,14 +14,14 @@ from typing import Iterable, Sequence
 from ..weights.load import LTXModelBundle, LoRASpec, cached_conversion
 from ..weights.lora import LoRA
 from ..weights.load import load as load_bundle
-from ..weights.convert import ConvertOptions
+from ..weights.convert import ConvertOptions, quantization_plans
 from ..diffusion import MultiModalGuiderParams
 from ..weights.folder import resolve_path
 from ..models.vae_tiling import TilingConfig
 from . import distilled as distilled_pipeline
 from . import a2v, hq, keyframes, one_stage, retake, two_stage
 from .common import Generation, GenerationResult
-from .settings import check_model, finite, pipeline_spec, resolve_settings
+from .settings import check_model, check_used, finite, pipeline_spec, resolve_settings
 
 RUNNERS = {"one-stage": one_stage.run, "two-stage": two_stage.run, "hq": hq.run, "keyframes": keyframes.run,
            "a2v": a2v.run}
@@ -60,6 +60,12 @@ class Pipeline(LTXModelBundle):
         size, frames and rate are kept; guided with a dev checkpoint, distilled steps with a distilled one).
         """
         is_distilled = check_model(pipeline_spec(pipeline), self.components, self.config, distilled)
+        unguided_retake = pipeline == "retake" and is_distilled
+        if unguided_retake:
+            check_used(pipeline_spec(pipeline), distilled_checkpoint=True, negative_prompt=negative_prompt,
+                       num_inference_steps=num_inference_steps, video_guidance=video_guidance,
+                       audio_guidance=audio_guidance, video_guider_params=video_guider_params,
+                       audio_guider_params=audio_guider_params)
         settings = resolve_settings(
             pipeline, self.model_version, int(self.config["config"]["transformer"].get("num_layers", 48)),
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, height=height, width=width,
@@ -68,7 +74,7 @@ class Pipeline(LTXModelBundle):
             video_guidance=video_guidance, audio_guidance=audio_guidance, audio=audio, tiling=tiling,
             distilled_lora_strengths=distilled_lora_strengths, noise=noise, output_path=output_path,
             audio_path=audio_path, audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
-            video_path=video_path, start_time=start_time, end_time=end_time)
+            video_path=video_path, start_time=start_time, end_time=end_time, guided=False if unguided_retake else None)
         g = Generation(self, settings, progress=progress, verbose=verbose, keep_frames=keep_frames)
         try:
             if pipeline == "distilled":
@@ -99,8 +105,8 @@ def check_lora_specs(loras) -> list:
 
 def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gemma_root: str | None = None,
          spatial_upsamplers: Iterable[str] = (), temporal_upsamplers: Iterable[str] = (),
-         distilled_lora: tuple[str, float] | None = None, dtype: str = "bfloat16", quantize: dict | None = None,
-         progress: bool = True) -> Pipeline:
+         distilled_lora: tuple[str, float] | None = None, dtype: str | None = None,
+         quantize: int | dict | None = None, progress: bool = True) -> Pipeline:
     """`ltx_mlx.load` (see `ltx_mlx.weights.load.load`) returning a Pipeline; `distilled_lora` (path, strength) is
     stored with an official checkpoint's conversion for the two-stage pipelines."""
     if not isinstance(path_or_repo, (str, os.PathLike)):
@@ -115,7 +121,8 @@ def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gem
         if not path.endswith(".safetensors"):
             raise ValueError(f"{path} is not an official .safetensors checkpoint: the distilled LoRA is stored at "
                              "conversion (convert.py --distilled-lora), so pass it with the official checkpoint")
-        opts = ConvertOptions(dtype=dtype, quantize=dict(quantize or {}), progress=progress,
+        plans = quantization_plans(quantize) if isinstance(quantize, int) else dict(quantize or {})
+        opts = ConvertOptions(dtype=dtype or "bfloat16", quantize=plans, progress=progress,
                               distilled_lora=(resolve_path(os.fspath(distilled_lora[0])), float(distilled_lora[1])))
         folder = cached_conversion(path, resolve_path(gemma_root) if gemma_root else None,
                                    [resolve_path(p) for p in spatial_upsamplers],

@@ -301,8 +301,10 @@ def _given_guidance(modality: str, params, overrides) -> dict:
 
 def check_used(spec: PipelineSpec, *, negative_prompt=None, num_inference_steps=None, video_guidance=None,
                audio_guidance=None, video_guider_params=None, audio_guider_params=None,
-               distilled_lora_strengths=(None, None), audio_start_time=None, audio_max_duration=None):
-    """An option the chosen pipeline would ignore is an error, not a run that quietly differs from the request."""
+               distilled_lora_strengths=(None, None), audio_start_time=None, audio_max_duration=None,
+               distilled_checkpoint: bool = False):
+    """An option the chosen pipeline would ignore is an error, not a run that quietly differs from the request.
+    `distilled_checkpoint`: retake then runs the distilled schedule unguided, like the distilled pipeline."""
     if (not isinstance(distilled_lora_strengths, (tuple, list)) or len(distilled_lora_strengths) != 2):
         raise TypeError("distilled_lora_strengths must be a pair (stage 1, stage 2) of numbers or None, got "
                         f"{distilled_lora_strengths!r:.80}")
@@ -312,7 +314,8 @@ def check_used(spec: PipelineSpec, *, negative_prompt=None, num_inference_steps=
     video = _given_guidance("video", video_guider_params, video_guidance)
     audio = _given_guidance("audio", audio_guider_params, audio_guidance)
     ignored = []  # (flag, Python name)
-    if not spec.guided:
+    unguided_retake = spec.name == "retake" and distilled_checkpoint
+    if not spec.guided or unguided_retake:
         ignored += [(f, n) for f, n, v in (("--negative-prompt", "negative_prompt", negative_prompt),
                                            ("--num-inference-steps", "num_inference_steps", num_inference_steps))
                     if v is not None]
@@ -320,6 +323,9 @@ def check_used(spec: PipelineSpec, *, negative_prompt=None, num_inference_steps=
                     for k in g]
     if ignored:
         flags = ", ".join(f"{f} ({n})" for f, n in ignored)
+        if unguided_retake:
+            raise ValueError(f"retake on a distilled checkpoint runs the distilled schedule unguided and would ignore "
+                             f"{flags}; drop them, or retake with a dev checkpoint to guide it")
         raise ValueError(f"the distilled pipeline runs fixed, unguided steps (8 + 3) and would ignore {flags}; "
                          "drop them, or use a guided pipeline (one-stage, two-stage, hq) with a dev checkpoint")
     if spec.name == "a2v" and audio:
@@ -431,7 +437,7 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
                      audio_guidance: dict | None = None, audio: bool = True,
                      tiling: TilingConfig | None | str = "default",
                      distilled_lora_strengths: tuple[float | None, float | None] = (None, None),
-                     noise: Sequence | None = None, output_path=None, audio_path=None,
+                     noise: Sequence | None = None, output_path=None, audio_path=None, guided: bool | None = None,
                      audio_start_time: float | None = None, audio_max_duration: float | None = None,
                      video_path=None, start_time: float | None = None, end_time: float | None = None) -> Settings:
     """Every option with the version's default filled in, checked."""
@@ -458,7 +464,7 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
     given = {"video": (video_guider_params, video_guidance), "audio": (audio_guider_params, audio_guidance)}
     for name, g in (("video", vg), ("audio", ag)):
         bad = [b for b in (g.stg_blocks or []) if not 0 <= b < num_layers]
-        if bad and g.stg_scale != 0 and spec.guided:
+        if bad and g.stg_scale != 0 and (spec.guided if guided is None else guided):
             params, overrides = given[name]
             default = params is None and (overrides or {}).get("stg_blocks") is None
             raise ValueError(

@@ -291,24 +291,38 @@ def cache_folder(checkpoint: str, gemma_root: str | None, spatial_upsamplers, te
 
 
 def load(path_or_repo: str | os.PathLike, loras: Iterable[LoRASpec] = (), *, gemma_root: str | None = None,
-         spatial_upsamplers: Iterable[str] = (), temporal_upsamplers: Iterable[str] = (), dtype: str = "bfloat16",
+         spatial_upsamplers: Iterable[str] = (), temporal_upsamplers: Iterable[str] = (), dtype: str | None = None,
          quantize: int | dict[str, QuantizationPlan] | None = None, progress: bool = True) -> LTXModelBundle:
     """Open an LTX-2 / LTX-2.3 model for MLX.
 
     `path_or_repo`: a converted folder, a Hugging Face repo id of one (`owner/name`), or an official
     single-file checkpoint (local, or `owner/name/file.safetensors`) — converted once into
-    `~/.cache/ltx-mlx` (or `$LTX_MLX_CACHE`) with `gemma_root`, upsamplers, `dtype` and `quantize` (bits for
-    the transformer and Gemma, or plans from `convert.quantization_plans`).
+    `~/.cache/ltx-mlx` (or `$LTX_MLX_CACHE`) with `gemma_root`, upsamplers, `dtype` (default bfloat16) and
+    `quantize` (bits for the transformer and Gemma, or plans from `convert.quantization_plans`); these conversion
+    options are refused with a folder that is already converted.
     `loras` are fused into the transformer in memory whenever it is loaded.
     """
     path = resolve_path(os.fspath(path_or_repo))
     if os.path.isdir(path):
+        check_no_conversion_options(path, gemma_root=gemma_root, spatial_upsamplers=spatial_upsamplers,
+                                    temporal_upsamplers=temporal_upsamplers, dtype=dtype, quantize=quantize)
         return LTXModelBundle(path, loras)
     if not path.endswith(".safetensors"):
         raise CheckpointError(f"{path} is neither a converted ltx-mlx folder nor an official .safetensors checkpoint")
     plans = quantization_plans(quantize) if isinstance(quantize, int) else dict(quantize or {})
-    opts = ConvertOptions(dtype=dtype, quantize=plans, progress=progress)
+    opts = ConvertOptions(dtype=dtype or "bfloat16", quantize=plans, progress=progress)
     spatial = [resolve_path(p) for p in spatial_upsamplers]
     temporal = [resolve_path(p) for p in temporal_upsamplers]
     folder = cached_conversion(path, resolve_path(gemma_root) if gemma_root else None, spatial, temporal, opts)
     return LTXModelBundle(folder, loras)
+
+
+def check_no_conversion_options(folder, **options):
+    """Conversion options given with an already converted folder would be ignored: an error that names them."""
+    flags = {"gemma_root": "--gemma-root", "spatial_upsamplers": "--spatial-upsampler-path",
+             "temporal_upsamplers": "--temporal-upsampler-path", "dtype": "--dtype", "quantize": "-q/--quantize",
+             "distilled_lora": "--distilled-lora"}
+    given = [f"{flags[k]} ({k})" for k, v in options.items() if v not in (None, (), [], {}, "")]
+    if given:
+        raise ValueError(f"{', '.join(given)} only apply when converting an official checkpoint, and {folder} is "
+                         "already converted; drop them, or pass the official .safetensors file to convert it with them")
