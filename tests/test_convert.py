@@ -5,6 +5,7 @@ official file (float32: exactly). Also: the folder's config/shards/tokenizer, fp
 import json
 import os
 import shutil
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
