@@ -175,7 +175,7 @@ def test_quantization_config_that_disagrees_with_the_tensors_names_component_and
 
     cases = (
         (q8, "no-entry", lambda q: q.pop("transformer"), "are quantized (e.g. transformer_blocks."),
-        (q8, "other-bits", lambda q: q["transformer"].update(bits=4), f"says 4-bit, group size 32 for "),
+        (q8, "other-bits", lambda q: q["transformer"].update(bits=4), "says 4-bit, group size 32 for "),
         (q8, "other-group", lambda q: q["transformer"].update(group_size=64), "says 8-bit, group size 64 for"),
         (q8, "layer-off", lambda q: q["transformer"].update({layer: False}), f"{layer} is stored quantized, but"),
         (dense, "not-quantized", lambda q: q.update(transformer={"bits": 4, "group_size": 64, "mode": "affine"}),
