@@ -13,6 +13,7 @@ frames always give the same bytes (the reference's default thread count can enco
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -458,7 +459,8 @@ def write_mp4(path, video: Iterable | np.ndarray, fps, audio=None, sample_rate: 
 
     `video`: one uint8 `(F, H, W, 3)` array or an iterable of such chunks, consumed lazily so decoded tiles
     stream straight in. `audio`: float `(2, N)` in [-1, 1] at `sample_rate`. The file is written next to
-    `path` under a temporary name and renamed when complete; on any error it is removed. The path is held
+    `path` under a temporary name and renamed when complete; on any error it is removed (a full disk is an
+    OSError with errno ENOSPC whose message names `path`, not the temporary file). The path is held
     with `output_lock` meanwhile, and partial files left by dead writers are removed. `crf`: x264
     quality (encoder default when None, as the reference). `progress`: an optional tqdm-like object
     updated with frame counts. Returns the number of frames written.
@@ -479,8 +481,13 @@ def write_mp4(path, video: Iterable | np.ndarray, fps, audio=None, sample_rate: 
                 except StopIteration:
                     raise ValueError("No video frames were given.") from None
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # PyAV names the partial file, not the output
+                full = OSError(f"the disk is full: no space left on the device to write {path!r}; nothing was left "
+                               "there: free some space or choose another output path")
+                full.errno = errno.ENOSPC
+                raise full from None
             raise
     return count
