@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                    help="weights dtype of the conversion (default: bfloat16)")
     p.add_argument("--checkpoint-kind", choices=("auto", "distilled", "dev"), default="auto",
-                   help="whether the model is a distilled or dev checkpoint (auto: from the official file name)")
+                   help="whether the model is a distilled or dev checkpoint (auto: as recorded at conversion, else "
+                   "from the official file name)")
     p.add_argument("--no-audio", action="store_true", help="skip audio decoding (video-only mp4)")
     p.add_argument("--output-path", default="output.mp4")
     p.add_argument("--verbose", action="store_true", help="per-stage time and peak memory")
