@@ -21,7 +21,7 @@ from ..models.vae_tiling import TilingConfig
 from . import distilled as distilled_pipeline
 from . import a2v, hq, keyframes, one_stage, retake, two_stage
 from .common import Generation, GenerationResult
-from .settings import check_model, check_used, finite, pipeline_spec, resolve_settings
+from .settings import check_model, finite, pipeline_spec, resolve_settings
 
 RUNNERS = {"one-stage": one_stage.run, "two-stage": two_stage.run, "hq": hq.run, "keyframes": keyframes.run,
            "a2v": a2v.run}
@@ -60,12 +60,6 @@ class Pipeline(LTXModelBundle):
         size, frames and rate are kept; guided with a dev checkpoint, distilled steps with a distilled one).
         """
         is_distilled = check_model(pipeline_spec(pipeline), self.components, self.config, distilled)
-        unguided_retake = pipeline == "retake" and is_distilled
-        if unguided_retake:
-            check_used(pipeline_spec(pipeline), distilled_checkpoint=True, negative_prompt=negative_prompt,
-                       num_inference_steps=num_inference_steps, video_guidance=video_guidance,
-                       audio_guidance=audio_guidance, video_guider_params=video_guider_params,
-                       audio_guider_params=audio_guider_params)
         settings = resolve_settings(
             pipeline, self.model_version, int(self.config["config"]["transformer"].get("num_layers", 48)),
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, height=height, width=width,
@@ -74,7 +68,7 @@ class Pipeline(LTXModelBundle):
             video_guidance=video_guidance, audio_guidance=audio_guidance, audio=audio, tiling=tiling,
             distilled_lora_strengths=distilled_lora_strengths, noise=noise, output_path=output_path,
             audio_path=audio_path, audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
-            video_path=video_path, start_time=start_time, end_time=end_time, guided=False if unguided_retake else None)
+            video_path=video_path, start_time=start_time, end_time=end_time, distilled_checkpoint=is_distilled)
         g = Generation(self, settings, progress=progress, verbose=verbose, keep_frames=keep_frames)
         try:
             if pipeline == "distilled":

@@ -437,17 +437,19 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
                      audio_guidance: dict | None = None, audio: bool = True,
                      tiling: TilingConfig | None | str = "default",
                      distilled_lora_strengths: tuple[float | None, float | None] = (None, None),
-                     noise: Sequence | None = None, output_path=None, audio_path=None, guided: bool | None = None,
+                     noise: Sequence | None = None, output_path=None, audio_path=None, distilled_checkpoint: bool = False,
                      audio_start_time: float | None = None, audio_max_duration: float | None = None,
                      video_path=None, start_time: float | None = None, end_time: float | None = None) -> Settings:
-    """Every option with the version's default filled in, checked."""
+    """Every option with the version's default filled in, checked. `distilled_checkpoint`: retake then runs unguided."""
     spec = pipeline_spec(pipeline)
+    guided = spec.guided and not (spec.name == "retake" and distilled_checkpoint)
     parsed = check_request(pipeline, height=height, width=width, num_frames=num_frames, frame_rate=frame_rate,
                            images=images, output_path=output_path, prompt=prompt, audio_path=audio_path,
                            audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
                            video_path=video_path, start_time=start_time, end_time=end_time,
                            negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
                            video_guidance=video_guidance, audio_guidance=audio_guidance,
+                           distilled_checkpoint=distilled_checkpoint,
                            video_guider_params=video_guider_params, audio_guider_params=audio_guider_params,
                            distilled_lora_strengths=distilled_lora_strengths)
     retake = check_retake_input(pipeline, video_path, start_time, end_time, {}, ())
@@ -464,7 +466,7 @@ def resolve_settings(pipeline: str, model_version: str | None, num_layers: int, 
     given = {"video": (video_guider_params, video_guidance), "audio": (audio_guider_params, audio_guidance)}
     for name, g in (("video", vg), ("audio", ag)):
         bad = [b for b in (g.stg_blocks or []) if not 0 <= b < num_layers]
-        if bad and g.stg_scale != 0 and (spec.guided if guided is None else guided):
+        if bad and g.stg_scale != 0 and guided:
             params, overrides = given[name]
             default = params is None and (overrides or {}).get("stg_blocks") is None
             raise ValueError(
