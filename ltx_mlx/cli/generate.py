@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "from the official file name)")
     p.add_argument("--no-audio", action="store_true", help="skip audio decoding (video-only mp4)")
     p.add_argument("--output-path", default="output.mp4")
+    p.add_argument("--low-memory", action="store_true",
+                   help="read Gemma's layers and the transformer's blocks from the model folder one at a time while "
+                   "they run: much less memory, the same output, slower")
     p.add_argument("--verbose", action="store_true", help="per-stage time and peak memory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -156,7 +159,7 @@ def _generate(args):
         audio_start_time=args.audio_start_time, audio_max_duration=args.audio_max_duration,
         video_path=args.video_path, start_time=args.start_time, end_time=args.end_time,
         distilled={"auto": None, "distilled": True, "dev": False}[args.checkpoint_kind], progress=not args.quiet,
-        verbose=args.verbose)
+        verbose=args.verbose, low_memory=args.low_memory)
 
 
 def main(argv=None) -> int:

@@ -178,6 +178,7 @@ class Gemma3TextModel(nn.Module):
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = [DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)]
+        self.layer_stream = None  # low-memory mode: loads each layer's weights for its turn (weights/stream.py)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def _masks(self, attention_mask: mx.array, T: int, dtype) -> dict[bool, tuple[mx.array, mx.array]]:
@@ -216,10 +217,11 @@ class Gemma3TextModel(nn.Module):
         h = self.embed(input_ids)
         masks, ropes = self._masks(attention_mask, T, h.dtype), self._rope(T, h.dtype)
         states = [h]
-        for layer in self.layers:
+        layers = self.layers if self.layer_stream is None else self.layer_stream(self.layers)
+        for layer in layers:
             sliding = layer.self_attn.is_sliding
             h = layer(h, *ropes[sliding], *masks[sliding])
-            if eval_each_layer:  # keeps each command buffer to one layer on large inputs
+            if eval_each_layer or self.layer_stream is not None:  # one layer per command buffer on large inputs
                 mx.eval(h)
             states.append(h)
         states[-1] = self.norm(h)

@@ -464,6 +464,11 @@ def _context_bias(mask: mx.array | None, dtype) -> mx.array | None:
     return bias.reshape(mask.shape[0], 1, -1, mask.shape[-1])
 
 
+# From this many tokens per forward (batch x (video + audio)) each block is evaluated on its own: a 48-block
+# LTX-2.3 forward at 1024 tokens is ~40 TFLOP, seconds on any Mac; one block of it is tens of milliseconds.
+EVAL_PER_BLOCK_TOKENS = 1024
+
+
 class LTXModel(nn.Module):
     """Velocity model: `model(video, audio, perturbations) -> (video velocity, audio velocity)`."""
 
@@ -490,6 +495,10 @@ class LTXModel(nn.Module):
         self.av_ca_a2v_gate_adaln_single = AdaLayerNormSingle(V, 1)
         self.av_ca_v2a_gate_adaln_single = AdaLayerNormSingle(A, 1)
         self.transformer_blocks = [TransformerBlock(i, c) for i in range(c.num_layers)]
+        # Low-memory mode: an iterator factory over the blocks that loads each one's weights for its turn
+        # (ltx_mlx.weights.stream.BlockStream); None: every block resident.
+        self.block_stream = None
+        self.eval_per_block_tokens = EVAL_PER_BLOCK_TOKENS
 
     # -- preprocessing (the reference's TransformerArgsPreprocessor)
 
@@ -577,12 +586,17 @@ class LTXModel(nn.Module):
         v = self._prepare(video, audio, audio=False) if video is not None else None
         a = self._prepare(audio, video, audio=True) if audio is not None else None
         vx, ax = (v.x if v else None), (a.x if a else None)
-        for block in self.transformer_blocks:
+        tokens = sum(x.shape[0] * x.shape[1] for x in (vx, ax) if x is not None)
+        each = self.block_stream is not None or tokens >= self.eval_per_block_tokens
+        blocks = self.transformer_blocks if self.block_stream is None else self.block_stream(self.transformer_blocks)
+        for block in blocks:
             if v is not None:
                 v.x = vx
             if a is not None:
                 a.x = ax
             vx, ax = block(v, a, perturbations)
+            if each:  # one block per evaluation: no GPU command runs for seconds (the macOS watchdog)
+                mx.eval([x for x in (vx, ax) if x is not None])
         vout = self._output(vx, v.embedded_timestep, self.scale_shift_table, self.proj_out) if v else None
         aout = self._output(ax, a.embedded_timestep, self.audio_scale_shift_table, self.audio_proj_out) if a else None
         return vout, aout

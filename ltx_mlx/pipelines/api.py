@@ -42,8 +42,8 @@ class Pipeline(LTXModelBundle):
                  noise: Sequence[dict | None] | None = None, output_path=None, keep_frames: bool = True,
                  distilled: bool | None = None, audio_path=None, audio_start_time: float | None = None,
                  audio_max_duration: float | None = None, video_path=None, start_time: float | None = None,
-                 end_time: float | None = None, progress: bool = True,
-                 verbose: bool = False) -> GenerationResult:
+                 end_time: float | None = None, progress: bool = True, verbose: bool = False,
+                 low_memory: bool = False) -> GenerationResult:
         """Generate a video with audio.
 
         Defaults (steps, guidance, size, frames, seed) follow the model version as the reference's
@@ -58,7 +58,11 @@ class Pipeline(LTXModelBundle):
         (default: the video's duration); it is returned (and muxed) as read, not re-synthesised. `video_path`,
         `start_time`, `end_time` (pipeline="retake"): the video whose [start, end) seconds are regenerated (its
         size, frames and rate are kept; guided with a dev checkpoint, distilled steps with a distilled one).
+        `low_memory`: Gemma's layers and the transformer's blocks are read from the folder one at a time while
+        they run (the same output, slower; resident: their other weights and two blocks).
         """
+        if not isinstance(low_memory, bool):
+            raise TypeError(f"low_memory must be True or False, got {low_memory!r:.80}")
         is_distilled = check_model(pipeline_spec(pipeline), self.components, self.config, distilled)
         settings = resolve_settings(
             pipeline, self.model_version, int(self.config["config"]["transformer"].get("num_layers", 48)),
@@ -69,7 +73,8 @@ class Pipeline(LTXModelBundle):
             distilled_lora_strengths=distilled_lora_strengths, noise=noise, output_path=output_path,
             audio_path=audio_path, audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
             video_path=video_path, start_time=start_time, end_time=end_time, distilled_checkpoint=is_distilled)
-        g = Generation(self, settings, progress=progress, verbose=verbose, keep_frames=keep_frames)
+        g = Generation(self, settings, progress=progress, verbose=verbose, keep_frames=keep_frames,
+                       low_memory=low_memory)
         try:
             if pipeline == "distilled":
                 return distilled_pipeline.run(g, distilled_checkpoint=is_distilled)

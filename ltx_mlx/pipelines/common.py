@@ -89,8 +89,8 @@ class Generation:
     """One generation: the model bundle, the resolved settings, the noise source and the stage bookkeeping."""
 
     def __init__(self, bundle, settings: Settings, *, progress: bool = True, verbose: bool = False,
-                 keep_frames: bool = True, log: Callable[[str], None] | None = None):
-        self.bundle, self.settings = bundle, settings
+                 keep_frames: bool = True, log: Callable[[str], None] | None = None, low_memory: bool = False):
+        self.bundle, self.settings, self.low_memory = bundle, settings, low_memory
         self.dtype = getattr(mx, bundle.dtype)
         self.progress, self.verbose, self.keep_frames = progress, verbose, keep_frames
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -139,16 +139,17 @@ class Generation:
     # -- steps
 
     def load_transformer(self, loras=None, name: str = "load transformer") -> X0Model:
-        """The denoiser (x0 predictions), with `loras` fused (None: the bundle's own LoRAs)."""
+        """The denoiser (x0 predictions), with `loras` fused (None: the bundle's own LoRAs); in low-memory mode
+        only its non-block weights are loaded here, each block's are read while it runs."""
         with self.stage(name):
-            return X0Model(self.bundle.transformer(loras))
+            return X0Model(self.bundle.transformer(loras, stream=self.low_memory))
 
     def encode_text(self) -> tuple[TextContext, TextContext | None]:
         """Gemma runs the prompt(s) and is freed before the text projection is loaded; then that is freed too."""
         negative = self.settings.negative_prompt
         prompts = [self.settings.prompt] + ([negative] if negative is not None else [])
         with self.stage("text"), self.bar(len(prompts), "text encoding", "prompt") as bar:
-            encoder = self.bundle.text_encoder()
+            encoder = self.bundle.text_encoder(stream=self.low_memory)
             contexts = encoder.encode(prompts, free_gemma=True)
             bar.update(len(prompts))
             del encoder

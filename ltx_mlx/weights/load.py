@@ -25,6 +25,7 @@ from .convert import CONFIG_NAME, FORMAT, FORMAT_VERSION, ConvertOptions, conver
 from .lora import LoRA, logical_shape, check_loras, fuse_loras, read_lora
 from .folder import read_component, read_index, resolve_path
 from .quantize import QuantizationPlan, quantize_like_saved
+from .stream import STREAMED, BlockStream, streamed_keys
 from ..models.gemma3 import Gemma3Config
 
 LoRASpec = LoRA | str | os.PathLike | tuple
@@ -62,6 +63,22 @@ def fuse_into(weights: dict[str, mx.array], loras: list[LoRA], qconfig: dict | N
         fuse_loras(part, hits, quantization=_lora_layer_settings(qconfig, module) if module + ".scales" in part else None)
         weights.update(part)
     return ignored
+
+
+def fuse_block(weights: dict[str, mx.array], loras: list[LoRA], qconfig: dict | None) -> dict[str, mx.array]:
+    """`fuse_into` for the weights of one block (low-memory mode): each LoRA cut down to the block's modules,
+    so every module goes through the same operations as in a whole-model fusion."""
+    cut = [LoRA(lr.path, lr.strength, {m: p for m, p in lr.pairs.items() if m + ".weight" in weights})
+           for lr in loras]
+    cut = [lr for lr in cut if lr.pairs]
+    if cut:
+        fuse_into(weights, cut, qconfig)
+    return weights
+
+
+def stream_blocks(model: nn.Module, stream: BlockStream):
+    """Attach a block stream to the transformer (`block_stream`) or Gemma (`layer_stream`)."""
+    setattr(model, "layer_stream" if stream.prefix == "layers" else "block_stream", stream)
 
 
 class LTXModelBundle:
@@ -111,8 +128,11 @@ class LTXModelBundle:
                                   f"convert again with the input that provides it")
         return entry
 
-    def load_component(self, name: str, loras: Iterable[LoRASpec] = ()) -> nn.Module:
-        """Build one component fresh (not cached): config → model → quantize like saved → LoRAs → strict load."""
+    def load_component(self, name: str, loras: Iterable[LoRASpec] = (), stream: bool = False) -> nn.Module:
+        """Build one component fresh (not cached): config → model → quantize like saved → LoRAs → strict load.
+
+        `stream` (low-memory mode; the transformer and Gemma): only the non-block weights are loaded; each
+        block's are read from the folder (LoRAs fused on every read) while it runs, see `weights/stream.py`."""
         entry = self._entry(name)
         kind = entry["kind"]
         if kind == "lora":
@@ -122,13 +142,19 @@ class LTXModelBundle:
         qconfig = self.config.get("quantization", {}).get(name)
         quantize_like_saved(model, weights, qconfig, name)
         loras = [as_lora(x) for x in loras]
+        if loras and kind != "transformer":
+            raise ValueError(f"LoRAs apply to the transformer only, not to the {name}")
+        stream = stream and kind in STREAMED
+        blocks = streamed_keys(weights, kind) if stream else set()
+        raw = {k: weights[k] for k in blocks}  # lazy, never evaluated: what the streamed blocks hold between uses
         if loras:
-            if kind != "transformer":
-                raise ValueError(f"LoRAs apply to the transformer only, not to the {name}")
             fuse_into(weights, loras, qconfig, self.connector_shapes())
-        load_strict(model, weights, f"{name} ({self.folder})")
+        load_strict(model, {**weights, **raw}, f"{name} ({self.folder})")
         model.eval()
-        mx.eval(model.parameters())
+        mx.eval([v for k, v in weights.items() if k not in blocks])
+        if stream:
+            fuse = (lambda w: fuse_block(w, loras, qconfig)) if loras else None
+            stream_blocks(model, BlockStream(self.folder / entry["folder"], STREAMED[kind], fuse))
         return model
 
     def connector_shapes(self) -> dict[str, tuple[int, int]]:
@@ -148,16 +174,17 @@ class LTXModelBundle:
                     shapes[ours[head] + name[len(head): -len(".weight")]] = shape
         return shapes
 
-    def get(self, name: str, loras: Iterable[LoRASpec] | None = None) -> nn.Module:
-        """The component `name`, built once and cached (the transformer per set of LoRAs)."""
+    def get(self, name: str, loras: Iterable[LoRASpec] | None = None, stream: bool = False) -> nn.Module:
+        """The component `name`, built once and cached (the transformer per set of LoRAs, and per `stream`)."""
         loras = [as_lora(x) for x in (self.loras if loras is None and name == "transformer" else loras or ())]
-        key = (name, tuple((lr.path, lr.strength) for lr in loras))
+        key = (name, tuple((lr.path, lr.strength) for lr in loras)) + (("stream",) if stream else ())
         if key not in self._loaded:
-            self._loaded[key] = self.load_component(name, loras)
+            self._loaded[key] = self.load_component(name, loras, stream)
         return self._loaded[key]
 
-    def transformer(self, loras: Iterable[LoRASpec] | None = None) -> nn.Module:
-        return self.get("transformer", loras)
+    def transformer(self, loras: Iterable[LoRASpec] | None = None, stream: bool = False) -> nn.Module:
+        """`stream`: low-memory mode, each block's weights read from the folder while it runs."""
+        return self.get("transformer", loras, stream)
 
     def text_projection(self) -> nn.Module:
         return self.get("text_projection")
@@ -204,9 +231,10 @@ class LTXModelBundle:
         return PromptTokenizer(self.folder / entry["folder"], max_length or MAX_LENGTH,
                                gemma_config=Gemma3Config.from_dict(entry["config"]))
 
-    def text_encoder(self, max_length: int | None = None):
+    def text_encoder(self, max_length: int | None = None, stream: bool = False):
         """Tokenizer + Gemma + text projection. Gemma is not cached here, so the encoder's `free_gemma` really
-        frees it; the projection is built when first used, so it need not share memory with Gemma."""
+        frees it; the projection is built when first used, so it need not share memory with Gemma. `stream`:
+        low-memory mode, Gemma's decoder layers read from the folder one at a time."""
         from ..text_encoder import MAX_LENGTH, TextEncoder
 
         max_length = max_length or MAX_LENGTH
@@ -214,7 +242,7 @@ class LTXModelBundle:
             if max_length % R:
                 raise ValueError(f"max_length {max_length} must be a multiple of the connector's {R} registers "
                                  f"(the reference uses {MAX_LENGTH})")
-        return TextEncoder(self.load_component("gemma"), self.tokenizer(max_length), self.text_projection)
+        return TextEncoder(self.load_component("gemma", stream=stream), self.tokenizer(max_length), self.text_projection)
 
     def distilled_lora(self, strength: float | None = None) -> LoRA:
         """The distilled LoRA stored beside the base weights (the two-stage pipelines fuse it for stage 2)."""
