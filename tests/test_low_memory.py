@@ -180,3 +180,18 @@ def test_low_memory_generation_is_identical_and_frees_the_text_encoder_first(dev
 def test_low_memory_must_be_a_bool(dev_folder):
     with pytest.raises(TypeError, match="low_memory must be True or False"):
         ltx_mlx.load(dev_folder).generate("a cat", low_memory="yes")
+
+
+def test_generate_cli_passes_low_memory(dev_folder, monkeypatch, capsys):
+    from ltx_mlx.cli.generate import main
+    from ltx_mlx.pipelines.api import Pipeline
+
+    def spy(self, prompt, **kwargs):
+        raise ValueError(f"spy low_memory={kwargs['low_memory']}")
+
+    monkeypatch.setattr(Pipeline, "generate", spy)
+    out = dev_folder.parent / "out.mp4"
+    for flags, expected in (([], False), (["--low-memory"], True)):
+        assert main(["--model", str(dev_folder), "--prompt", "a cat", "--output-path", str(out), "--quiet",
+                     *flags]) == 1
+        assert f"spy low_memory={expected}" in capsys.readouterr().err
