@@ -174,7 +174,11 @@ def main(argv=None) -> int:
     except (ValueError, CheckpointError, OSError) as e:
         print(f"generate.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    except (RuntimeError, MemoryError) as e:  # MLX reports allocation failures as RuntimeError
+    except MemoryError as e:  # a stage ran out of memory (Generation.stage names it)
+        print(f"generate.py: error: {' '.join(str(e).split()) or 'out of memory'}; no output was written",
+              file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # MLX reports allocation failures outside a stage as RuntimeError
         reason = " ".join(str(e).split()) or type(e).__name__
         print(f"generate.py: error: the run failed ({reason}); if memory ran out, try a smaller --height/--width "
               "or fewer --num-frames, or a quantized model (convert.py -q); no output was written", file=sys.stderr)

@@ -20,7 +20,7 @@ from ..weights.folder import resolve_path
 from ..models.vae_tiling import TilingConfig
 from . import distilled as distilled_pipeline
 from . import a2v, hq, keyframes, one_stage, retake, two_stage
-from .common import Generation, GenerationResult
+from .common import Generation, GenerationResult, bounded_cache
 from .settings import check_model, finite, pipeline_spec, resolve_settings
 
 RUNNERS = {"one-stage": one_stage.run, "two-stage": two_stage.run, "hq": hq.run, "keyframes": keyframes.run,
@@ -76,11 +76,12 @@ class Pipeline(LTXModelBundle):
         g = Generation(self, settings, progress=progress, verbose=verbose, keep_frames=keep_frames,
                        low_memory=low_memory)
         try:
-            if pipeline == "distilled":
-                return distilled_pipeline.run(g, distilled_checkpoint=is_distilled)
-            if pipeline == "retake":
-                return retake.run(g, distilled=is_distilled)
-            return RUNNERS[pipeline](g)
+            with bounded_cache():
+                if pipeline == "distilled":
+                    return distilled_pipeline.run(g, distilled_checkpoint=is_distilled)
+                if pipeline == "retake":
+                    return retake.run(g, distilled=is_distilled)
+                return RUNNERS[pipeline](g)
         finally:
             self.free()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -106,7 +107,15 @@ class Generation:
     def stage(self, name: str):
         mx.reset_peak_memory()
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except (MemoryError, RuntimeError) as e:
+            if not is_allocation_failure(e):
+                raise
+            raise MemoryError(f"out of memory in the {name} stage (peak {mx.get_peak_memory() / 1e9:.2f} GB before "
+                              f"it failed: {' '.join(str(e).split()) or type(e).__name__}); try --low-memory, a "
+                              "smaller --height/--width or fewer --num-frames, or a quantized model "
+                              "(convert.py -q)") from None
         self.timings[name] = time.perf_counter() - start
         self.peaks[name] = mx.get_peak_memory()
         if self.verbose:
@@ -290,6 +299,53 @@ class Generation:
             del decoder
             self.free("video_decoder")
         return np.concatenate(kept) if kept else None
+
+
+def is_allocation_failure(e: BaseException) -> bool:
+    """MLX reports a failed allocation as a RuntimeError ("[metal::malloc] Attempting to allocate …",
+    "Insufficient Memory", …); Python's own as MemoryError."""
+    return isinstance(e, MemoryError) or any(w in str(e).lower() for w in ("alloc", "memory"))
+
+
+def cache_limit_bytes() -> int:
+    """The bound on MLX's buffer cache during a generation: 1/16 of the machine's memory, between 256 MiB and
+    8 GiB ($LTX_MLX_CACHE_LIMIT_GB overrides it). Buffers freed within a stage are reused from the cache step
+    after step; without a bound (Metal's default is the whole memory limit) the buffers of finished stages stay
+    resident, the swap on 16 GB Macs."""
+    given = os.environ.get("LTX_MLX_CACHE_LIMIT_GB")
+    if given:
+        try:
+            gb = float(given)
+            if not gb >= 0 or gb == float("inf"):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"LTX_MLX_CACHE_LIMIT_GB={given!r} is not a number of GB >= 0; unset it or give "
+                             "e.g. 2") from None
+        return int(gb * 1e9)
+    return min(8 << 30, max(256 << 20, total_memory_bytes() // 16))
+
+
+def total_memory_bytes() -> int:
+    """The device's memory: Metal's `memory_size`, else the machine's physical memory."""
+    info = mx.device_info()
+    if "memory_size" in info:
+        return int(info["memory_size"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@contextlib.contextmanager
+def bounded_cache():
+    """MLX's buffer cache bounded by `cache_limit_bytes()` (or the smaller limit already set) for the block, the
+    previous limit restored after."""
+    bound = cache_limit_bytes()
+    previous = mx.set_cache_limit(bound)
+    if not os.environ.get("LTX_MLX_CACHE_LIMIT_GB") and previous < bound:
+        mx.set_cache_limit(previous)  # never raise a smaller limit already set (MLX's CPU default is 32 MiB)
+    try:
+        yield
+    finally:
+        mx.set_cache_limit(previous)
+        mx.clear_cache()
 
 
 def fit_audio(wav: np.ndarray, rate: int, seconds: float) -> np.ndarray:
