@@ -14,7 +14,6 @@ from ltx_core.model.transformer import timestep_embedding
 
 from dit_reference import (build_reference, conditioned, fake_side_tensors, make_inputs, pinned_timestep_embedding,
                            ref_perturbations, save_reference, tiny_config, to_ours)
-from ltx_mlx.models import transformer
 from ltx_mlx.models.transformer import X0Model
 from ltx_mlx.models.perturbations import Perturbation, Perturbations
 from ltx_mlx.models.perturbations import PerturbationType as P
@@ -110,16 +109,6 @@ def test_parity_batch_with_per_sample_perturbations(models):
     # all samples perturbed: the attention is skipped, not blended
     both = [per_sample[1], per_sample[1]]
     compare(f"{version} batch2 all-perturbed", *run_both(ref, ours, video, audio, both))
-
-
-def test_parity_with_heads_split_over_cpu_streams(models, monkeypatch):
-    """Large attentions run as two head halves on two CPU streams; force that path at tiny size."""
-    monkeypatch.setattr(transformer, "_PARALLEL_MIN_ELEMENTS", 0)
-    version, cfg, ref, ours = models
-    video, audio, g = make_inputs(cfg, batch=2, seed=5)
-    video, audio = conditioned(video, audio, g, hw=6)
-    per_sample = [[Perturbation(P.SKIP_AUDIO_SELF_ATTN, (1,))], []]
-    compare(f"{version} cpu streams", *run_both(ref, ours, video, audio, per_sample))
 
 
 def test_parity_single_modality(models):

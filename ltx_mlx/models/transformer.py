@@ -9,7 +9,6 @@ the transformer; all of it is switched by the checkpoint's `config["transformer"
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -191,29 +190,8 @@ class Attention(nn.Module):
         B, T, _ = q.shape
         H, D = self.heads, self.dim_head
         q, k, v = (t.reshape(B, -1, H, D).transpose(0, 2, 1, 3) for t in (q, k, v))
-        scale = 1 / math.sqrt(D)
-        streams = _cpu_streams() if H % 2 == 0 and H * T * k.shape[2] >= _PARALLEL_MIN_ELEMENTS else None
-        if streams is None:
-            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-        else:  # two halves of the heads on two CPU threads: the softmax is single-threaded per op on CPU
-            h = H // 2
-            parts = [mx.fast.scaled_dot_product_attention(q[:, i:i + h], k[:, i:i + h], v[:, i:i + h], scale=scale,
-                                                          mask=mask, stream=st) for i, st in zip((0, h), streams)]
-            out = mx.concatenate(parts, axis=1)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(D), mask=mask)
         return out.transpose(0, 2, 1, 3)
-
-
-_PARALLEL_MIN_ELEMENTS = 1 << 22
-_STREAMS = []
-
-
-def _cpu_streams():
-    """Two extra CPU streams (threads) when running on the CPU; LTX_MLX_CPU_STREAMS=0 turns this off."""
-    if mx.default_device() != mx.cpu or os.environ.get("LTX_MLX_CPU_STREAMS", "1") == "0":
-        return None
-    if not _STREAMS:
-        _STREAMS.extend(mx.new_stream(mx.cpu) for _ in range(2))
-    return _STREAMS
 
 
 class GELUProj(nn.Module):
@@ -231,17 +209,7 @@ class FeedForward(nn.Module):
         self.net = [GELUProj(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)]
 
     def __call__(self, x):
-        T = x.shape[1]
-        streams = _cpu_streams() if T > 1 and x.size * 4 >= _PARALLEL_MIN_ELEMENTS else None
-        if streams is None:
-            return self.net[2](self.net[0](x))
-        # the tanh is single-threaded per op on CPU: two token halves on two threads
-        h = self.net[0].proj(x)
-        parts = []
-        for rows, stream in zip((slice(0, T // 2), slice(T // 2, T)), streams):
-            with mx.stream(stream):
-                parts.append(self.net[2](gelu_tanh(h[:, rows])))
-        return mx.concatenate(parts, axis=1)
+        return self.net[2](self.net[0](x))
 
 
 def timestep_sinusoid(t: mx.array, dim: int = 256, max_period: float = 10000.0) -> mx.array:
