@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--low-memory", action="store_true",
                    help="read Gemma's layers and the transformer's blocks from the model folder one at a time while "
                    "they run: much less memory, the same output, slower")
+    p.add_argument("--batch-guidance", action="store_true",
+                   help="guided pipelines: run a step's guidance passes as one batched forward (the same result "
+                   "within float32 rounding; activations times the number of passes)")
     p.add_argument("--verbose", action="store_true", help="per-stage time and peak memory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -159,7 +162,8 @@ def _generate(args):
         audio_start_time=args.audio_start_time, audio_max_duration=args.audio_max_duration,
         video_path=args.video_path, start_time=args.start_time, end_time=args.end_time,
         distilled={"auto": None, "distilled": True, "dev": False}[args.checkpoint_kind], progress=not args.quiet,
-        verbose=args.verbose, low_memory=args.low_memory)
+        verbose=args.verbose, low_memory=args.low_memory,
+        batch_guidance=args.batch_guidance)
 
 
 def main(argv=None) -> int:

@@ -14,12 +14,12 @@ from .common import Generation, GenerationResult, euler_loop, simple, transforme
 from .settings import read_audio_input
 
 
-def a2v_guided(model, positive: TextContext, negative: TextContext | None, settings):
+def a2v_guided(model, positive: TextContext, negative: TextContext | None, settings, batch: bool = False):
     """Video guided against the negative prompt; the audio stream keeps the positive audio context in every
     pass (the reference's audio guider has no negative context), which the video sees through cross-attention."""
     if negative is not None:
         negative = TextContext(negative.video, positive.audio, negative.mask)
-    return guided_denoising_fn(transformer_fn(model, positive, negative), settings.video_guider,
+    return guided_denoising_fn(transformer_fn(model, positive, negative, batch), settings.video_guider,
                                settings.audio_guider)
 
 
@@ -46,9 +46,10 @@ def run(g: Generation) -> GenerationResult:
     # 4. Stage 1: video only, guided, at half size.
     model = g.load_transformer()
     sigmas = LTX2Scheduler().execute(steps=settings.num_inference_steps)
-    video, _ = g.denoise("stage 1", 0, euler_loop(a2v_guided(model, positive, negative, settings)), sigmas,
+    loop = euler_loop(a2v_guided(model, positive, negative, settings, g.batch_guidance))
+    video, _ = g.denoise("stage 1", 0, loop, sigmas,
                          g.video_tools(*half), audio_tools, cond_1, initial_audio=audio, freeze_audio=True)
-    del model
+    del model, loop
     g.free("transformer")
 
     # 5. Upsample x2, then stage 2: video only, the distilled LoRA fused in, positive prompt only.

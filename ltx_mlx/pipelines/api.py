@@ -43,7 +43,7 @@ class Pipeline(LTXModelBundle):
                  distilled: bool | None = None, audio_path=None, audio_start_time: float | None = None,
                  audio_max_duration: float | None = None, video_path=None, start_time: float | None = None,
                  end_time: float | None = None, progress: bool = True, verbose: bool = False,
-                 low_memory: bool = False) -> GenerationResult:
+                 low_memory: bool = False, batch_guidance: bool = False) -> GenerationResult:
         """Generate a video with audio.
 
         Defaults (steps, guidance, size, frames, seed) follow the model version as the reference's
@@ -60,9 +60,12 @@ class Pipeline(LTXModelBundle):
         size, frames and rate are kept; guided with a dev checkpoint, distilled steps with a distilled one).
         `low_memory`: Gemma's layers and the transformer's blocks are read from the folder one at a time while
         they run (the same output, slower; resident: their other weights and two blocks).
+        `batch_guidance`: a guided step's passes (negative prompt, STG, modality isolation) run as one batched
+        forward: equal within float32 rounding, fewer and larger matmuls, activations times the passes.
         """
-        if not isinstance(low_memory, bool):
-            raise TypeError(f"low_memory must be True or False, got {low_memory!r:.80}")
+        for name, flag in (("low_memory", low_memory), ("batch_guidance", batch_guidance)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r:.80}")
         is_distilled = check_model(pipeline_spec(pipeline), self.components, self.config, distilled)
         settings = resolve_settings(
             pipeline, self.model_version, int(self.config["config"]["transformer"].get("num_layers", 48)),
@@ -74,7 +77,7 @@ class Pipeline(LTXModelBundle):
             audio_path=audio_path, audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
             video_path=video_path, start_time=start_time, end_time=end_time, distilled_checkpoint=is_distilled)
         g = Generation(self, settings, progress=progress, verbose=verbose, keep_frames=keep_frames,
-                       low_memory=low_memory)
+                       low_memory=low_memory, batch_guidance=batch_guidance)
         try:
             with bounded_cache():
                 if pipeline == "distilled":

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from ..audio import encode_audio
 from ..conditioning import AudioLatentTools, VideoLatentTools, apply_conditionings
-from ..diffusion import (GaussianNoiser, NoiseStream, euler_denoising_loop, guided_denoising_fn,
-                         res2s_denoising_loop, simple_denoising_fn)
+from ..diffusion import (GaussianNoiser, MultiModalGuider, NoiseStream, euler_denoising_loop, guidance_passes,
+                         guided_denoising_fn, res2s_denoising_loop, simple_denoising_fn)
 from ..latents import audio_latent_length
 from ..media import load_image_conditioning, write_mp4
 from ..models.audio_vae import LATENT_DOWNSAMPLE_FACTOR, AudioVAEConfig
@@ -57,41 +57,87 @@ class GenerationResult:
 # ---------------------------------------------------------------------------------------------- transformer
 
 
-def _dit_perturbations(guidance_pass) -> Perturbations:
-    # The guiders' perturbation kinds and the transformer's share their names.
-    return Perturbations([list(guidance_pass.perturbations)])
+def _modality(state, context: mx.array, sigma: float, enabled: bool, context_mask: mx.array | None = None) -> Modality:
+    """The state (batch 1) as n = len(context) identical samples: guidance passes batched along the batch axis."""
+    n = context.shape[0]
+    s = mx.full((n,), sigma, dtype=mx.float32)
+
+    def batched(x):
+        return x if x is None or x.shape[0] == n else mx.broadcast_to(x, (n, *x.shape[1:]))
+
+    mask = batched(state.denoise_mask)  # (n, T) or (n, T, 1)
+    return Modality(latent=batched(state.latent), sigma=s, timesteps=mask * s.reshape(n, *[1] * (mask.ndim - 1)),
+                    positions=batched(state.positions), context=context, enabled=enabled, context_mask=context_mask,
+                    attention_mask=batched(state.attention_mask))
 
 
-def _modality(state, context: mx.array, sigma: float, enabled: bool) -> Modality:
-    s = mx.array([sigma], dtype=mx.float32)
-    return Modality(latent=state.latent, sigma=s, timesteps=state.denoise_mask * s, positions=state.positions,
-                    context=context, enabled=enabled, attention_mask=state.attention_mask)
+def _stack_contexts(contexts: list[mx.array]) -> tuple[mx.array, mx.array | None]:
+    """(n, S, D) contexts; unequal lengths are zero-padded at the end and masked out (a 0/1 (n, S) keep-mask)."""
+    S = max(c.shape[1] for c in contexts)
+    if all(c.shape[1] == S for c in contexts):
+        return mx.concatenate(contexts), None
+    padded = [mx.pad(c, [(0, 0), (0, S - c.shape[1]), (0, 0)]) for c in contexts]
+    keep = mx.array([[1] * c.shape[1] + [0] * (S - c.shape[1]) for c in contexts], dtype=mx.int32)
+    return mx.concatenate(padded), keep
 
 
-def transformer_fn(model: X0Model, positive: TextContext, negative: TextContext | None = None):
-    """`model_fn` for the guiders: one forward pass per GuidancePass (negative prompt, STG, modality isolation)."""
+def transformer_fn(model: X0Model, positive: TextContext, negative: TextContext | None = None,
+                   batch: bool = False):
+    """`model_fn` for the guiders: the GuidancePasses of a step (negative prompt, STG, modality isolation).
+
+    `batch`: passes with the same enabled modalities run as one forward of batch size len(passes), each pass
+    one sample (its own context and perturbations); the activations then scale with the number of passes,
+    which the memory planner counts when it decides this. Off: one forward per pass.
+    """
+
+    def forward(video_state, audio_state, sigma: float, group) -> list:
+        p0 = group[0]
+        contexts = [negative if p.negative and negative is not None else positive for p in group]
+        (video_ctx, video_keep), (audio_ctx, audio_keep) = (_stack_contexts([getattr(c, m) for c in contexts])
+                                                            for m in ("video", "audio"))
+        video = _modality(video_state, video_ctx, sigma, p0.video_enabled, video_keep)
+        audio = _modality(audio_state, audio_ctx, sigma, p0.audio_enabled, audio_keep)
+        # The guiders' perturbation kinds and the transformer's share their names.
+        v, a = model(video, audio, Perturbations([list(p.perturbations) for p in group]))
+        return [(v[i:i + 1], a[i:i + 1]) for i in range(len(group))] if len(group) > 1 else [(v, a)]
 
     def run(video_state, audio_state, sigma: float, passes):
-        out = []
-        for p in passes:
-            ctx = negative if p.negative and negative is not None else positive
-            video = _modality(video_state, ctx.video, sigma, p.video_enabled)
-            audio = _modality(audio_state, ctx.audio, sigma, p.audio_enabled)
-            out.append(model(video, audio, _dit_perturbations(p)))
+        if not batch:
+            return [forward(video_state, audio_state, sigma, [p])[0] for p in passes]
+        groups = {}  # the transformer switches a modality off for the whole batch: group by those flags
+        for i, p in enumerate(passes):
+            groups.setdefault((p.video_enabled, p.audio_enabled), []).append(i)
+        out = [None] * len(passes)
+        for indices in groups.values():
+            for i, result in zip(indices, forward(video_state, audio_state, sigma, [passes[i] for i in indices])):
+                out[i] = result
         return out
 
     return run
+
+
+def guidance_pass_count(settings: Settings) -> int:
+    """The passes of a guided step of these settings (step 0, where no guider skips): the batch size of the
+    batched forward, by which the memory planner multiplies a denoising stage's activations."""
+    return len(guidance_passes(MultiModalGuider(settings.video_guider), MultiModalGuider(settings.audio_guider), 0))
 
 
 # ---------------------------------------------------------------------------------------------- the run
 
 
 class Generation:
-    """One generation: the model bundle, the resolved settings, the noise source and the stage bookkeeping."""
+    """One generation: the model bundle, the resolved settings, the noise source and the stage bookkeeping.
+
+    `batch_guidance`: run a guided step's passes as one batched forward (`transformer_fn(batch=...)`): fewer,
+    larger matmuls, and a stage's activations × `guidance_pass_count(settings)`. Off by default: until the
+    memory model decides it, it is the user's choice (`generate(batch_guidance=True)`, `--batch-guidance`).
+    """
 
     def __init__(self, bundle, settings: Settings, *, progress: bool = True, verbose: bool = False,
-                 keep_frames: bool = True, log: Callable[[str], None] | None = None, low_memory: bool = False):
-        self.bundle, self.settings, self.low_memory = bundle, settings, low_memory
+                 keep_frames: bool = True, log: Callable[[str], None] | None = None, low_memory: bool = False,
+                 batch_guidance: bool = False):
+        self.bundle, self.settings = bundle, settings
+        self.low_memory, self.batch_guidance = low_memory, batch_guidance
         self.dtype = getattr(mx, bundle.dtype)
         self.progress, self.verbose, self.keep_frames = progress, verbose, keep_frames
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -372,6 +418,7 @@ def simple(model: X0Model, context: TextContext):
     return simple_denoising_fn(transformer_fn(model, context))
 
 
-def guided(model: X0Model, positive: TextContext, negative: TextContext | None, settings: Settings):
-    return guided_denoising_fn(transformer_fn(model, positive, negative), settings.video_guider,
+def guided(model: X0Model, positive: TextContext, negative: TextContext | None, settings: Settings,
+           batch: bool = False):
+    return guided_denoising_fn(transformer_fn(model, positive, negative, batch), settings.video_guider,
                                settings.audio_guider)

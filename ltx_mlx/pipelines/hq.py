@@ -24,7 +24,7 @@ def run(g: Generation) -> GenerationResult:
     video_tools, audio_tools = g.video_tools(*half), g.audio_tools()
     latent_shape = (1, video_tools.channels, video_tools.frames, video_tools.height, video_tools.width)
     sigmas = LTX2Scheduler().execute(steps=settings.num_inference_steps, latent=latent_shape)
-    loop = res2s_loop(guided(model, positive, negative, settings), **g.res2s_noise(0))
+    loop = res2s_loop(guided(model, positive, negative, settings, g.batch_guidance), **g.res2s_noise(0))
     video, audio = g.denoise("stage 1", 0, loop, sigmas, video_tools, audio_tools, cond_1)
     del model, loop
     g.free("transformer")

@@ -22,9 +22,10 @@ def run(g: Generation) -> GenerationResult:
     # 3. Guided denoising (the scheduler is called without a latent, as the reference does).
     model = g.load_transformer()
     sigmas = LTX2Scheduler().execute(steps=settings.num_inference_steps)
-    video, audio = g.denoise("denoise", 0, euler_loop(guided(model, positive, negative, settings)), sigmas,
+    loop = euler_loop(guided(model, positive, negative, settings, g.batch_guidance))
+    video, audio = g.denoise("denoise", 0, loop, sigmas,
                              g.video_tools(settings.height, settings.width), g.audio_tools(), conditionings)
-    del model
+    del model, loop
     g.free("transformer")
 
     # 4. Audio decode + vocoder, then the video decoded in tiles streamed into the mp4.

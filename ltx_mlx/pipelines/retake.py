@@ -49,7 +49,7 @@ def run(g: Generation, distilled: bool) -> GenerationResult:
         sigmas, denoise_fn = DISTILLED_SIGMA_VALUES, simple(model, positive)
     else:
         sigmas = LTX2Scheduler().execute(steps=settings.num_inference_steps)
-        denoise_fn = guided(model, positive, negative, settings)
+        denoise_fn = guided(model, positive, negative, settings, g.batch_guidance)
     video, audio = g.denoise("retake", 0, euler_loop(denoise_fn), sigmas, video_tools, audio_tools, [region],
                              initial_video=video, initial_audio=audio,
                              audio_conditionings=[region] if audio is not None else [])

@@ -23,9 +23,10 @@ def run(g: Generation, image_conditionings=combined_image_conditionings) -> Gene
     model = g.load_transformer()
     audio_tools = g.audio_tools()
     sigmas = LTX2Scheduler().execute(steps=settings.num_inference_steps)
-    video, audio = g.denoise("stage 1", 0, euler_loop(guided(model, positive, negative, settings)), sigmas,
+    loop = euler_loop(guided(model, positive, negative, settings, g.batch_guidance))
+    video, audio = g.denoise("stage 1", 0, loop, sigmas,
                              g.video_tools(*half), audio_tools, cond_1)
-    del model
+    del model, loop
     g.free("transformer")
 
     # 4. Upsample the video latent x2.
