@@ -106,7 +106,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "within float32 rounding; activations times the number of passes)")
     p.add_argument("--verbose", action="store_true", help="per-stage time and peak memory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--list-cache", action="store_true", help="list the conversion cache ($LTX_MLX_CACHE, default "
+                   "~/.cache/ltx-mlx) with each entry's size, and exit")
+    p.add_argument("--clear-cache", action="store_true", help="remove every entry of the conversion cache, say "
+                   "what was removed, and exit")
     return p
+
+
+def _cache_command(argv) -> int | None:
+    """--list-cache / --clear-cache, which need no prompt; None when neither is given."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not {"--list-cache", "--clear-cache"} & set(argv):
+        return None
+    from ..weights.hub import clear_cache, list_cache
+    from ..weights.load import cache_root
+
+    root = cache_root()
+    entries = clear_cache(root) if "--clear-cache" in argv else list_cache(root)
+    verb = "removed" if "--clear-cache" in argv else "cached"
+    for name, nbytes, complete in entries:
+        print(f"{verb} {root / name}  {nbytes / 1e9:.2f} GB{'' if complete else '  (unfinished)'}")
+    print(f"{len(entries)} entries, {sum(e[1] for e in entries) / 1e9:.2f} GB {verb} in {root}")
+    return 0
 
 
 def _guidance(args, m: str, mod: str) -> dict:
@@ -167,6 +188,9 @@ def _generate(args):
 
 
 def main(argv=None) -> int:
+    cache = _cache_command(argv)
+    if cache is not None:
+        return cache
     args = build_parser().parse_args(argv)
     from ..weights.checkpoint import CheckpointError
 

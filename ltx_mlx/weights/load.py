@@ -24,6 +24,7 @@ from .components import build
 from .convert import CONFIG_NAME, FORMAT, FORMAT_VERSION, ConvertOptions, convert, quantization_plans
 from .lora import LoRA, logical_shape, check_loras, fuse_loras, read_lora
 from .folder import read_component, read_index, resolve_path
+from .hub import identity
 from .quantize import QuantizationPlan, quantize_like_saved
 from .stream import STREAMED, BlockStream, streamed_keys
 from ..models.gemma3 import Gemma3Config
@@ -268,12 +269,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("LTX_MLX_CACHE") or Path.home() / ".cache" / "ltx-mlx")
 
 
-def _identity(path: str) -> list:
-    p = Path(path).resolve()
-    files = sorted(p.rglob("*")) if p.is_dir() else [p]
-    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
-
-
 def is_complete(folder: str | os.PathLike) -> bool:
     """Whether `folder` holds a finished conversion: a readable config.json and every component's index and shards."""
     try:
@@ -306,15 +301,16 @@ def cached_conversion(checkpoint: str, gemma_root: str | None = None, spatial_up
 
 def cache_folder(checkpoint: str, gemma_root: str | None, spatial_upsamplers, temporal_upsamplers,
                  opts: ConvertOptions) -> Path:
-    """Where the cache keeps the conversion of these inputs (by path, size and mtime) with these options."""
+    """Where the cache keeps the conversion of these inputs with these options: keyed by what the inputs hold
+    (hub files by repo, path and blob id; other files by a content fingerprint, see `hub.identity`), not by path."""
     inputs = [checkpoint, gemma_root, *spatial_upsamplers, *temporal_upsamplers, *(p for p, _ in opts.loras),
               *([opts.distilled_lora[0]] if opts.distilled_lora else [])]
-    settings = {"inputs": [_identity(p) if p else None for p in inputs], "dtype": opts.dtype,
+    settings = {"inputs": [identity(p) if p else None for p in inputs], "dtype": opts.dtype,
                 "lora_strengths": [s for _, s in opts.loras], "distilled": opts.distilled_lora,
                 "quantize": {k: [v.bits, v.group_size, v.mode, v.high_bits, v.edge_blocks]
                              for k, v in sorted(opts.quantize.items())},
                 **({"kind": opts.checkpoint_kind} if opts.checkpoint_kind else {})}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]  # key format 2
     return cache_root() / f"{Path(checkpoint).stem}-{opts.dtype}-{digest}"
 
 
