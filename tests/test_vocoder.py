@@ -62,7 +62,8 @@ def test_fast_conv_formulations_match_torch():
         w = torch.randn(5, 6, k, generator=g)
         ref = torch.nn.functional.conv1d(x, w, dilation=d)
         ours = conv1d_valid(to_mx(x).transpose(0, 2, 1), to_mx(w).transpose(0, 2, 1), d)
-        assert_parity(ours.transpose(0, 2, 1), ref, 1e-7, f"dilated conv d={d} k={k}")  # measured 0
+        # float32 sums of the same products in another order: 0 in most runs, 1.4e-7 in one clean-clone CI run
+        assert_parity(ours.transpose(0, 2, 1), ref, 1e-6, f"dilated conv d={d} k={k}")  # measured 0..1.4e-7
     for s, k, p in ((2, 4, 1), (3, 7, 2), (5, 11, 3), (4, 3, 0)):
         m = torch.nn.ConvTranspose1d(6, 5, k, s, padding=p)
         ours = ConvTranspose1d(6, 5, k, s, p)
