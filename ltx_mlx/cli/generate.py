@@ -118,14 +118,13 @@ def _cache_command(argv) -> int | None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not {"--list-cache", "--clear-cache"} & set(argv):
         return None
-    from ..weights.hub import clear_cache, list_cache
-    from ..weights.load import cache_root
+    from ..weights.load import cache_root, clear_cache, list_cache
 
     root = cache_root()
     entries = clear_cache(root) if "--clear-cache" in argv else list_cache(root)
     verb = "removed" if "--clear-cache" in argv else "cached"
-    for name, nbytes, complete in entries:
-        print(f"{verb} {root / name}  {nbytes / 1e9:.2f} GB{'' if complete else '  (unfinished)'}")
+    for name, nbytes, source in entries:
+        print(f"{verb} {root / name}  {nbytes / 1e9:.2f} GB  " + (f"from {source}" if source else "(unfinished leftover)"))
     print(f"{len(entries)} entries, {sum(e[1] for e in entries) / 1e9:.2f} GB {verb} in {root}")
     return 0
 

@@ -13,6 +13,9 @@ import gc
 import hashlib
 import json
 import os
+import re
+import shutil
+import struct
 from pathlib import Path
 from typing import Iterable
 
@@ -24,7 +27,6 @@ from .components import build
 from .convert import CONFIG_NAME, FORMAT, FORMAT_VERSION, ConvertOptions, convert, quantization_plans
 from .lora import LoRA, logical_shape, check_loras, fuse_loras, read_lora
 from .folder import read_component, read_index, resolve_path
-from .hub import identity
 from .quantize import QuantizationPlan, quantize_like_saved
 from .stream import STREAMED, BlockStream, streamed_keys
 from ..models.gemma3 import Gemma3Config
@@ -280,6 +282,92 @@ def is_complete(folder: str | os.PathLike) -> bool:
     return True
 
 
+# The conversion cache's key: what a conversion read, independent of where it lies. A file in the Hugging Face hub cache (`…/models--owner--name/snapshots/<commit>/<path>`, a link to
+# `blobs/<id>`) is known by repo id + path + blob id (the LFS sha256, or the git blob id of a small file): a new
+# upstream commit that leaves the file alone, or a moved HF_HOME, gives the same identity.
+# Any other file is known by a content fingerprint (`fingerprint`), never by its path or mtime.
+
+CACHE_RECORD = "cache.json"
+_SNAPSHOT = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/[^/]+/(?P<path>.+)$")
+_SAMPLES, _BLOCK, _WHOLE = 64, 4096, 16 << 20
+# The files of a Gemma folder that a conversion reads (a README or .gitattributes change is no new model).
+_FOLDER_FILES = re.compile(r"(config\.json|.*\.safetensors|model\.safetensors\.index\.json|tokenizer.*|"
+                           r"special_tokens_map\.json|added_tokens\.json|preprocessor_config\.json|"
+                           r"processor_config\.json|chat_template\.json(?:l)?|chat_template\.jinja|"
+                           r"generation_config\.json)$")
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """sha256 over the size, the safetensors header (names, dtypes, shapes, offsets, metadata) — or the whole file
+    when it is under 16 MiB — and 64 blocks of 4 KiB spread evenly over the file (≈ 256 KiB read).
+
+    It detects: any change of size, header, config or metadata, and any change inside a sampled block (a retrained
+    or fine-tuned checkpoint differs in every block). It does NOT detect an edit of a few tensor bytes between the
+    sampled blocks with the size and header unchanged."""
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(p, "rb") as f:
+        if size <= _WHOLE:
+            h.update(f.read())
+            return h.hexdigest()
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        h.update(head + f.read(min(n, 100_000_000)))
+        for i in range(_SAMPLES):
+            f.seek(i * (size - _BLOCK) // (_SAMPLES - 1))
+            h.update(f.read(_BLOCK))
+    return h.hexdigest()
+
+
+def file_identity(path: str | os.PathLike) -> list:
+    """["hub", repo id, path in repo, blob id] for a hub-cache file, else ["local", fingerprint]."""
+    p = Path(path)
+    m = _SNAPSHOT.search(p.as_posix())
+    if m and p.is_symlink():
+        return ["hub", f"{m['owner']}/{m['name']}", m["path"], os.path.basename(os.readlink(p))]
+    return ["local", fingerprint(p)]
+
+
+def identity(path: str | os.PathLike) -> list:
+    """The identity of a file, or of a folder's convertible files (by name relative to the folder)."""
+    p = Path(path)
+    if not p.is_dir():
+        return file_identity(p)
+    files = sorted(f for f in p.rglob("*") if f.is_file() and _FOLDER_FILES.match(f.name)
+                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    return [[f.relative_to(p).as_posix(), file_identity(f)] for f in files]
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _source(folder: Path) -> str | None:
+    """What a finished cache entry was converted from (its cache.json), None for an unfinished leftover."""
+    try:
+        record = json.loads((folder / CACHE_RECORD).read_text())
+        return ", ".join(f"{name} {json.dumps(key)}" for name, key in record["inputs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def list_cache(root: str | os.PathLike) -> list[tuple[str, int, str | None]]:
+    """(name, bytes, converted from — None for a leftover of a killed run) of every entry of the conversion cache."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [(p.name, _size(p), _source(p)) for p in sorted(root.iterdir()) if p.is_dir()]
+
+
+def clear_cache(root: str | os.PathLike) -> list[tuple[str, int, str | None]]:
+    """Remove every entry of the conversion cache; returns what was removed."""
+    removed = list_cache(root)
+    for name, _, _ in removed:
+        shutil.rmtree(Path(root) / name)
+    return removed
+
+
 def cached_conversion(checkpoint: str, gemma_root: str | None = None, spatial_upsamplers=(), temporal_upsamplers=(),
                       options: ConvertOptions | None = None) -> Path:
     """The cache folder of an official checkpoint's conversion, converting it the first time.
@@ -296,6 +384,8 @@ def cached_conversion(checkpoint: str, gemma_root: str | None = None, spatial_up
                               "google/gemma-3-12b-it-qat-q4_0-unquantized, or pass a folder converted by convert.py")
     opts.force = True  # whatever lies there is an unfinished or damaged conversion, never a finished one
     convert(checkpoint, str(folder), gemma_root, tuple(spatial_upsamplers), tuple(temporal_upsamplers), opts)
+    inputs = [p for p in (checkpoint, gemma_root, *spatial_upsamplers, *temporal_upsamplers) if p]
+    (folder / CACHE_RECORD).write_text(json.dumps({"inputs": [[Path(p).name, identity(p)] for p in inputs]}))
     return folder
 
 

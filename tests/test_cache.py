@@ -4,7 +4,7 @@ import os
 import shutil
 
 from ltx_mlx.cli.generate import main as generate
-from ltx_mlx.weights.hub import fingerprint, identity
+from ltx_mlx.weights.load import fingerprint, identity
 
 
 def test_copied_file_same_identity_changed_header_or_sample_differs(tmp_path):
@@ -40,3 +40,33 @@ def test_list_and_clear_cache(tmp_path, monkeypatch, capsys):
     assert generate(["--list-cache"]) == 0 and "1 entries" in capsys.readouterr().out
     assert generate(["--clear-cache"]) == 0 and "removed" in capsys.readouterr().out
     assert not any(tmp_path.iterdir())
+
+
+def test_copied_touched_checkpoint_reuses_the_conversion_changed_byte_does_not(tmp_path, monkeypatch, capsys):
+    import ltx_mlx
+    import ltx_mlx.weights.load as load_module
+    from convert_fixtures import write_official
+
+    (tmp_path / "src").mkdir()
+    ckpt, gemma, _ = write_official(tmp_path / "src", "2")
+    monkeypatch.setenv("LTX_MLX_CACHE", str(tmp_path / "cache"))
+    model = ltx_mlx.load(ckpt, gemma_root=gemma, dtype="float32", progress=False)
+    copy = tmp_path / "elsewhere" / os.path.basename(ckpt)
+    copy.parent.mkdir()
+    shutil.copy(ckpt, copy)
+    os.utime(copy, ns=(1, 1))
+    calls = []
+    real = load_module.convert
+    monkeypatch.setattr(load_module, "convert", lambda *a, **k: (calls.append(a), real(*a, **k)))
+    assert ltx_mlx.load(str(copy), gemma_root=gemma, dtype="float32", progress=False).folder == model.folder
+    assert calls == []
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1  # one tensor byte
+    copy.write_bytes(data)
+    assert ltx_mlx.load(str(copy), gemma_root=gemma, dtype="float32", progress=False).folder != model.folder
+    assert len(calls) == 1
+    assert generate(["--list-cache"]) == 0
+    out = capsys.readouterr().out
+    assert str(model.folder) in out and "from " + os.path.basename(ckpt) in out and "2 entries" in out
+    assert generate(["--clear-cache"]) == 0
+    assert "removed " + str(model.folder) in capsys.readouterr().out and not any((tmp_path / "cache").iterdir())
