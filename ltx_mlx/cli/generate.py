@@ -124,7 +124,8 @@ def _cache_command(argv) -> int | None:
     entries = clear_cache(root) if "--clear-cache" in argv else list_cache(root)
     verb = "removed" if "--clear-cache" in argv else "cached"
     for name, nbytes, source in entries:
-        print(f"{verb} {root / name}  {nbytes / 1e9:.2f} GB  " + (f"from {source}" if source else "(unfinished leftover)"))
+        what = f"from {source}" if source else "(unfinished leftover)"
+        print(f"{verb} {root / name}  {nbytes / 1e9:.2f} GB  {what}")
     print(f"{len(entries)} entries, {sum(e[1] for e in entries) / 1e9:.2f} GB {verb} in {root}")
     return 0
 
