@@ -17,8 +17,7 @@ from ltx_mlx.diffusion import MultiModalGuider, MultiModalGuiderParams, guidance
 from ltx_mlx.models import transformer
 from ltx_mlx.models.transformer import LTXModel, TransformerConfig, X0Model
 from ltx_mlx.pipelines import common
-from ltx_mlx.pipelines.common import guidance_pass_count, transformer_fn
-from ltx_mlx.pipelines.settings import resolve_settings
+from ltx_mlx.pipelines.common import transformer_fn
 from ltx_mlx.text_encoder import TextContext
 from pipeline_fixtures import convert_folder, write_pipeline_checkpoints
 
@@ -140,12 +139,3 @@ def test_batched_passes_equal_separate_passes(negative_length):
         cond = separate[0]
         for other in separate[1:]:  # every pass really differs from the conditional one (the test is not blind)
             assert max(float(mx.abs(o - c).max()) for o, c in zip(other, cond)) > 1e-2
-
-
-def test_pass_count_is_what_the_planner_multiplies_by():
-    settings = resolve_settings("one-stage", "2.3.0", 3, prompt="p", height=64, width=64, num_frames=9,
-                                video_guidance={"stg_blocks": [1]}, audio_guidance={"stg_blocks": [1]})
-    expected = len(guidance_passes(MultiModalGuider(settings.video_guider), MultiModalGuider(settings.audio_guider), 0))
-    assert guidance_pass_count(settings) == expected == 4
-    plain = replace(settings, video_guider=MultiModalGuiderParams(), audio_guider=MultiModalGuiderParams())
-    assert guidance_pass_count(plain) == 1

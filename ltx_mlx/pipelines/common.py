@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from ..audio import encode_audio
 from ..conditioning import AudioLatentTools, VideoLatentTools, apply_conditionings
-from ..diffusion import (GaussianNoiser, MultiModalGuider, NoiseStream, euler_denoising_loop, guidance_passes,
-                         guided_denoising_fn, res2s_denoising_loop, simple_denoising_fn)
+from ..diffusion import (GaussianNoiser, NoiseStream, euler_denoising_loop, guided_denoising_fn,
+                         res2s_denoising_loop, simple_denoising_fn)
 from ..latents import audio_latent_length
 from ..media import load_image_conditioning, write_mp4
 from ..models.audio_vae import LATENT_DOWNSAMPLE_FACTOR, AudioVAEConfig
@@ -116,12 +116,6 @@ def transformer_fn(model: X0Model, positive: TextContext, negative: TextContext 
     return run
 
 
-def guidance_pass_count(settings: Settings) -> int:
-    """The passes of a guided step of these settings (step 0, where no guider skips): the batch size of the
-    batched forward, by which the memory planner multiplies a denoising stage's activations."""
-    return len(guidance_passes(MultiModalGuider(settings.video_guider), MultiModalGuider(settings.audio_guider), 0))
-
-
 # ---------------------------------------------------------------------------------------------- the run
 
 
@@ -129,8 +123,8 @@ class Generation:
     """One generation: the model bundle, the resolved settings, the noise source and the stage bookkeeping.
 
     `batch_guidance`: run a guided step's passes as one batched forward (`transformer_fn(batch=...)`): fewer,
-    larger matmuls, and a stage's activations × `guidance_pass_count(settings)`. Off by default: until the
-    memory model decides it, it is the user's choice (`generate(batch_guidance=True)`, `--batch-guidance`).
+    larger matmuls, and a stage's activations times the passes. Off by default: until the memory model decides
+    it, it is the user's choice (`generate(batch_guidance=True)`, `--batch-guidance`).
     """
 
     def __init__(self, bundle, settings: Settings, *, progress: bool = True, verbose: bool = False,

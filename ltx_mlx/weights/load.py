@@ -245,7 +245,8 @@ class LTXModelBundle:
             if max_length % R:
                 raise ValueError(f"max_length {max_length} must be a multiple of the connector's {R} registers "
                                  f"(the reference uses {MAX_LENGTH})")
-        return TextEncoder(self.load_component("gemma", stream=stream), self.tokenizer(max_length), self.text_projection)
+        gemma = self.load_component("gemma", stream=stream)
+        return TextEncoder(gemma, self.tokenizer(max_length), self.text_projection)
 
     def distilled_lora(self, strength: float | None = None) -> LoRA:
         """The distilled LoRA stored beside the base weights (the two-stage pipelines fuse it for stage 2)."""
@@ -282,7 +283,8 @@ def is_complete(folder: str | os.PathLike) -> bool:
     return True
 
 
-# The conversion cache's key: what a conversion read, independent of where it lies. A file in the Hugging Face hub cache (`…/models--owner--name/snapshots/<commit>/<path>`, a link to
+# The conversion cache's key: what a conversion read, independent of where it lies. A file in the Hugging Face
+# hub cache (`…/models--owner--name/snapshots/<commit>/<path>`, a link to
 # `blobs/<id>`) is known by repo id + path + blob id (the LFS sha256, or the git blob id of a small file): a new
 # upstream commit that leaves the file alone, or a moved HF_HOME, gives the same identity.
 # Any other file is known by a content fingerprint (`fingerprint`), never by its path or mtime.
@@ -392,7 +394,7 @@ def cached_conversion(checkpoint: str, gemma_root: str | None = None, spatial_up
 def cache_folder(checkpoint: str, gemma_root: str | None, spatial_upsamplers, temporal_upsamplers,
                  opts: ConvertOptions) -> Path:
     """Where the cache keeps the conversion of these inputs with these options: keyed by what the inputs hold
-    (hub files by repo, path and blob id; other files by a content fingerprint, see `hub.identity`), not by path."""
+    (hub files by repo, path and blob id; other files by a content fingerprint, see `identity`), not by path."""
     inputs = [checkpoint, gemma_root, *spatial_upsamplers, *temporal_upsamplers, *(p for p, _ in opts.loras),
               *([opts.distilled_lora[0]] if opts.distilled_lora else [])]
     settings = {"inputs": [identity(p) if p else None for p in inputs], "dtype": opts.dtype,
